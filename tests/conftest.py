@@ -1,0 +1,112 @@
+"""Fixtures shared by every suite: real servers started on free loopback ports."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from core.bus import Bus, LocalBus, RedisBus
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, in a temporary directory."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; `make test` installs it (apt-get install redis-server)")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+class BusFactory:
+    """Opens buses that share one backend: the same LocalBus, or new connections to one redis-server.
+
+    A second bus from the factory plays the part of another process."""
+
+    def __init__(self, kind: str, redis_url: str | None) -> None:
+        self.kind = kind
+        self._redis_url = redis_url
+        self._local = LocalBus() if kind == "local" else None
+        self._opened: list[Bus] = []
+
+    def open(self) -> Bus:
+        if self._local is not None:
+            return self._local
+        assert self._redis_url is not None
+        bus = RedisBus(self._redis_url)
+        self._opened.append(bus)
+        return bus
+
+    async def close(self) -> None:
+        for bus in self._opened:
+            await bus.close()
+        if self._local is not None:
+            await self._local.close()
+
+
+@pytest.fixture(params=["local", "redis"])
+async def bus_factory(request: pytest.FixtureRequest) -> AsyncIterator[BusFactory]:
+    """Each contract test runs against both bus implementations."""
+    redis_url = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        redis_url = server.url
+        flush = RedisBus(redis_url)
+        await flush._redis.flushdb()
+        await flush.close()
+    factory = BusFactory(request.param, redis_url)
+    yield factory
+    await factory.close()
+
+
+@pytest.fixture
+def bus(bus_factory: BusFactory) -> Bus:
+    return bus_factory.open()
