@@ -116,3 +116,8 @@ class PresenceEvent:
     details: dict[str, Any] = field(default_factory=dict)
 
     TYPE: ClassVar[str] = "presence"
+
+
+def room_channel(room_id: str) -> str:
+    """Pub/sub channel for control messages about a whole room (e.g. "moved" after a node failure)."""
+    return f"room.{room_id}"

@@ -1,0 +1,52 @@
+# classmesh: `make run` starts the whole system, `make test` installs what the tests need and runs them all.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench bench-smoke system-deps test-fast clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: create .venv, install, start everything on loopback (Ctrl-C stops it)
+run: $(STAMP)
+	$(BIN)/classmesh dev
+
+## system-deps: apt-get what the tests need when it is missing (redis-server, chromium, ffmpeg, postgresql)
+system-deps:
+	@scripts/system-deps.sh
+
+## lint: ruff (lint + format check) and mypy
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## test: system deps, venv, lint, then every suite (browser and multi-process included),
+## inside a network namespace that has only loopback when we are root
+test: system-deps $(STAMP) lint
+	scripts/in-loopback-netns.sh $(BIN)/pytest $(PYTEST_ARGS)
+
+## test-fast: the suites without real browsers or several processes
+test-fast: $(STAMP)
+	scripts/in-loopback-netns.sh $(BIN)/pytest -m "not browser and not multiprocess" $(PYTEST_ARGS)
+
+## bench: full benchmarks (JSON on stdout; copy results into docs/benchmarks.md)
+bench: system-deps $(STAMP)
+	$(BIN)/python bench/scheduling.py --scale 1
+	$(BIN)/python bench/scheduling.py --scale 10
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

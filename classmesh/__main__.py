@@ -1,0 +1,3 @@
+from classmesh.cli import main
+
+raise SystemExit(main())

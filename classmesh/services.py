@@ -1,0 +1,137 @@
+"""Builders: config in, ready-to-run services out. Used by the single-service commands and by ``dev``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+from core.bus import Bus, open_bus
+from core.config import CommonConfig
+from core.regions import Region, Regions, load_regions
+from core.service import ServiceHost, run_hosts
+from core.tokens import TokenIssuer, TokenVerifier, load_or_create_dev_keys
+from media.node import MediaNode, MediaNodeConfig, TurnConfig
+from orchestrator.app import OrchestratorConfig, OrchestratorService
+from recorder.worker import RecorderConfig, RecorderWorker
+from signaling.app import SignalingService
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{port}"
+
+
+def turn_configs(region: Region, environ: dict[str, str] | None = None) -> tuple[TurnConfig, ...]:
+    """TURN servers of a region with their shared secrets resolved from the environment (here, at the edge)."""
+    env = os.environ if environ is None else environ
+    return tuple(TurnConfig(t.urls, env.get(t.secret_env) if t.secret_env else None) for t in region.turn)
+
+
+def build_media(
+    *, bus: Bus, region: Region, node_id: str, host: str, port: int, version: str,
+    public_url: str = "", ice_addresses: tuple[str, ...] = (), udp_ports: tuple[int, int] | None = None,
+    capacity: int = 0,
+) -> ServiceHost:
+    config = MediaNodeConfig(
+        node_id=node_id,
+        region=region.name,
+        public_url=public_url or _url(host, port),
+        version=version,
+        ice_addresses=ice_addresses,
+        udp_ports=udp_ports,
+        capacity_streams=capacity or region.streams_per_node,
+        stun=region.stun,
+        turn=turn_configs(region),
+    )
+    return ServiceHost(MediaNode(config, bus), host, port)
+
+
+def build_signaling(
+    *, bus: Bus, verifier: TokenVerifier, region: str, host: str, port: int, public_url: str = ""
+) -> ServiceHost:
+    service = SignalingService(bus, verifier, region=region, public_url=public_url or _url(host, port))
+    return ServiceHost(service, host, port)
+
+
+def build_recorder(*, bus: Bus, worker_id: str, storage: Path, host: str, port: int, version: str,
+                   region: str = "any", public_url: str = "") -> ServiceHost:
+    config = RecorderConfig(worker_id=worker_id, storage=storage, public_url=public_url or _url(host, port),
+                            region=region, version=version)
+    return ServiceHost(RecorderWorker(config, bus), host, port)
+
+
+def build_orchestrator(
+    *, bus: Bus, regions: Regions, issuer: TokenIssuer, host: str, port: int, version: str,
+    database_url: str, signaling_url: str, public_url: str = "",
+) -> ServiceHost:
+    config = OrchestratorConfig(
+        public_url=public_url or _url(host, port),
+        signaling_url=signaling_url,
+        database_url=database_url,
+        version=version,
+    )
+    return ServiceHost(OrchestratorService(config, bus, regions, issuer), host, port)
+
+
+def _keys(args: argparse.Namespace) -> tuple[Path, Path]:
+    return load_or_create_dev_keys(Path(getattr(args, "data_dir", "var")) / "keys")
+
+
+async def _run_one(host: ServiceHost, bus: Bus, common: CommonConfig) -> int:
+    return await run_hosts([host], drain_timeout=common.drain_timeout, version=common.version, cleanup=[bus.close])
+
+
+async def run_orchestrator(args: argparse.Namespace, common: CommonConfig) -> int:
+    from classmesh.cli import default_database_url
+
+    bus = open_bus(common.bus_url)
+    key = args.private_key or _keys(args)[0]
+    host = build_orchestrator(
+        bus=bus, regions=load_regions(common.regions_file), issuer=TokenIssuer.from_file(key), host=common.host,
+        port=common.port, version=common.version, database_url=args.database or default_database_url(args.data_dir),
+        signaling_url=args.signaling_url, public_url=args.public_url,
+    )
+    return await _run_one(host, bus, common)
+
+
+async def run_signaling(args: argparse.Namespace, common: CommonConfig) -> int:
+    bus = open_bus(common.bus_url)
+    public_key = args.public_key or _keys(args)[1]
+    host = build_signaling(bus=bus, verifier=TokenVerifier.from_file(public_key), region=args.region,
+                           host=common.host, port=common.port, public_url=args.public_url)
+    return await _run_one(host, bus, common)
+
+
+async def run_media(args: argparse.Namespace, common: CommonConfig) -> int:
+    regions = load_regions(common.regions_file)
+    if not args.region:
+        raise SystemExit("classmesh media: --region is required (or CLASSMESH_REGION)")
+    try:
+        region = regions.get(args.region)
+    except KeyError as exc:
+        raise SystemExit(f"classmesh media: {exc.args[0]}") from None
+    bus = open_bus(common.bus_url)
+    host = build_media(
+        bus=bus, region=region, node_id=args.node_id or f"{region.name}-{socket.gethostname()}",
+        host=common.host, port=common.port, version=common.version, public_url=args.public_url,
+        ice_addresses=tuple(args.ice_address), udp_ports=args.udp_ports, capacity=args.capacity,
+    )
+    return await _run_one(host, bus, common)
+
+
+async def run_recorder(args: argparse.Namespace, common: CommonConfig) -> int:
+    bus = open_bus(common.bus_url)
+    host = build_recorder(bus=bus, worker_id=args.worker_id or f"recorder-{socket.gethostname()}",
+                          storage=args.storage, host=common.host, port=common.port, version=common.version,
+                          region=args.region, public_url=args.public_url)
+    return await _run_one(host, bus, common)
+
+
+async def api_key_command(args: argparse.Namespace) -> int:
+    from classmesh.cli import default_database_url
+    from orchestrator.api.keys import run_api_key_command
+
+    url = args.database or default_database_url(args.data_dir)
+    return await run_api_key_command(url, args)

@@ -1,0 +1,629 @@
+"""MediaNode: one SFU node in one region, as a service.
+
+Holds the node's rooms (``media.room.Room``) and puts them on the bus: it answers the node's request channel
+(``media.<node_id>``) for signaling and the orchestrator, relays room events to each participant's channel, writes
+presence and talk-time events to the durable event stream, and heartbeats its load every second.
+
+States follow the service lifecycle: SERVING (takes new rooms and participants) -> DRAINING (refuses new rooms;
+existing rooms run until empty or moved) -> STOPPED.
+
+The request ops and the messages sent to participants are documented in docs/signaling.md ("node contract").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from core.bus import Bus, BusError, Payload, Subscription
+from core.ids import is_valid_id
+from core.messages import (
+    EVENTS_STREAM,
+    NODE_HEARTBEATS,
+    NodeHeartbeat,
+    PresenceEvent,
+    encode,
+    node_rpc,
+    participant_channel,
+)
+from core.service import Service, ServiceState
+from core.tokens import Permission, Role
+from media import events as ev
+from media.errors import MediaError
+from media.forwarding import configure_ice, rtc_configuration
+from media.room import NodeLimits, Room, RoomSettings
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("camera", "microphone", "screen")
+DATA_KINDS = ("chat", "hand", "reaction", "poll", "poll_answer", "check", "check_answer")
+MAX_SDP = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    urls: tuple[str, ...]
+    secret: str | None  # coturn static-auth-secret; None = offer no TURN
+
+
+@dataclass(frozen=True, slots=True)
+class MediaNodeConfig:
+    node_id: str
+    region: str
+    public_url: str
+    version: str = "dev"
+    ice_addresses: tuple[str, ...] = ()
+    udp_ports: tuple[int, int] | None = None
+    capacity_streams: int = 400
+    max_participants_per_room: int = 50
+    heartbeat_interval: float = 1.0
+    stun: tuple[str, ...] = ()
+    turn: tuple[TurnConfig, ...] = ()
+    turn_ttl_s: int = 6 * 3600
+
+
+@dataclass
+class _Seat:
+    """Where a participant sits and what the node remembers for it."""
+
+    room_id: str
+    identity: str
+    name: str
+    role: str
+    permissions: frozenset[str]
+    hidden: bool
+    hand_raised: bool = False
+    pending_offer: dict[str, Any] | None = None
+    muted: dict[str, bool] = field(default_factory=dict)
+
+
+class NodeError(BusError):
+    pass
+
+
+def turn_credentials(secret: str, identity: str, ttl_s: int, now: float | None = None) -> tuple[str, str]:
+    """coturn's REST scheme: username "<expiry>:<identity>", password base64(HMAC-SHA1(secret, username))."""
+    expiry = int((now or time.time()) + ttl_s)
+    username = f"{expiry}:{identity}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
+
+
+_MID_RE = re.compile(r"^a=mid:(\S+)", re.M)
+_MSID_RE = re.compile(r"^a=msid:(\S+) (\S+)", re.M)
+
+
+def subscriber_tracks(sdp: str) -> dict[str, dict[str, str]]:
+    """mid -> {participant_id, source, kind} from an offer's m-sections (msid "<participant_id> <source>:...")."""
+    out: dict[str, dict[str, str]] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        kind = section.split(" ", 1)[0]
+        mid, msid = _MID_RE.search(section), _MSID_RE.search(section)
+        if not mid or not msid or "a=inactive" in section:
+            continue
+        source = msid.group(2).split(":", 1)[0]
+        out[mid.group(1)] = {"participant_id": msid.group(1), "source": source, "kind": kind}
+    return out
+
+
+class MediaNode(Service):
+    name = "media"
+
+    def __init__(self, config: MediaNodeConfig, bus: Bus) -> None:
+        super().__init__()
+        self.config = config
+        self._bus = bus
+        self._rooms: dict[str, Room] = {}
+        self._seats: dict[str, _Seat] = {}
+        self._limits = NodeLimits(max_streams=config.capacity_streams)
+        self._serving: Subscription | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._outbox: asyncio.Queue[tuple[str, Payload]] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._cpu = _CpuMeter()
+        self._ops: dict[str, Callable[[Payload], Awaitable[Payload]]] = {
+            "ping": self._op_ping,
+            "create_room": self._op_create_room,
+            "close_room": self._op_close_room,
+            "join": self._op_join,
+            "publish": self._op_publish,
+            "subscriber_answer": self._op_subscriber_answer,
+            "mute": self._op_mute,
+            "data": self._op_data,
+            "moderate": self._op_moderate,
+            "state": self._op_state,
+            "leave": self._op_leave,
+        }
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    @property
+    def rooms(self) -> dict[str, Room]:
+        return self._rooms
+
+    async def start(self) -> None:
+        configure_ice(addresses=list(self.config.ice_addresses) or None, port_range=self.config.udp_ports)
+        self._sender = asyncio.create_task(self._send_loop(), name=f"node-outbox:{self.config.node_id}")
+        self._serving = await self._bus.serve(node_rpc(self.config.node_id), self._handle)
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat:{self.config.node_id}")
+
+    async def drain(self, deadline: float) -> None:
+        """Refuse new rooms; wait for rooms to empty (moving them is the orchestrator's job)."""
+        await self._send_heartbeat()
+        while self._rooms and time.monotonic() < deadline:
+            for room_id, room in list(self._rooms.items()):
+                if not room.participants:
+                    await self._close_room(room_id)
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        if self._serving is not None:
+            await self._serving.close()
+            self._serving = None
+        for room_id in list(self._rooms):
+            await self._close_room(room_id)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+            with contextlib.suppress(Exception):
+                await self._send_heartbeat()  # tell the registry we are gone
+        if self._sender is not None:
+            await self._outbox.join()
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "node_id": self.config.node_id,
+            "region": self.config.region,
+            "rooms": len(self._rooms),
+            "participants": len(self._seats),
+        }
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/node", self._http_status)
+
+    async def _http_status(self, request: web.Request) -> web.Response:
+        rooms = {rid: room.stats() for rid, room in self._rooms.items()}
+        return web.json_response(self.health() | {"state": self.state.value, "rooms_detail": rooms})
+
+    # ------------------------------------------------------------------------------------------ heartbeat
+    def _streams(self) -> int:
+        return sum(int(room.stats().get("forwarded_tracks", 0)) for room in self._rooms.values())
+
+    async def _send_heartbeat(self) -> None:
+        beat = NodeHeartbeat(
+            node_id=self.config.node_id,
+            kind="media",
+            region=self.config.region,
+            version=self.config.version,
+            state=self.state.value,
+            url=self.config.public_url,
+            capacity_streams=self.config.capacity_streams,
+            rooms=len(self._rooms),
+            participants=len(self._seats),
+            streams=self._streams(),
+            cpu=self._cpu.sample(),
+            sent_at=time.time(),
+            room_ids=sorted(self._rooms),
+        )
+        await self._bus.publish(NODE_HEARTBEATS, encode(beat))
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self._send_heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("node=%s heartbeat failed", self.config.node_id)
+            await asyncio.sleep(self.config.heartbeat_interval)
+
+    # ------------------------------------------------------------------------------------------ outbound
+    def _post(self, channel: str, payload: Payload) -> None:
+        self._outbox.put_nowait((channel, payload))
+
+    async def _send_loop(self) -> None:
+        """One sender keeps the order of messages to each participant and of events in the stream."""
+        while True:
+            channel, payload = await self._outbox.get()
+            try:
+                if channel == EVENTS_STREAM:
+                    await self._bus.append(EVENTS_STREAM, payload)
+                else:
+                    await self._bus.publish(channel, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("node=%s could not send to channel=%s", self.config.node_id, channel)
+            finally:
+                self._outbox.task_done()
+
+    def _to_participant(self, participant_id: str, payload: Payload) -> None:
+        self._post(participant_channel(participant_id), payload)
+
+    def _to_room(self, room_id: str, payload: Payload, *, exclude: str | None = None) -> None:
+        for pid, seat in self._seats.items():
+            if seat.room_id == room_id and pid != exclude and not seat.hidden:
+                self._to_participant(pid, payload)
+
+    def _presence(self, event: str, participant_id: str, details: dict[str, Any] | None = None) -> None:
+        seat = self._seats.get(participant_id)
+        if seat is None:
+            return
+        msg = PresenceEvent(
+            event=event,
+            room_id=seat.room_id,
+            node_id=self.config.node_id,
+            participant_id=participant_id,
+            identity=seat.identity,
+            role=seat.role,
+            at=time.time(),
+            details=details or {},
+        )
+        self._post(EVENTS_STREAM, encode(msg))
+
+    def _on_room_event(self, event: ev.RoomEvent) -> None:
+        """Room events -> participants' channels and the event stream. Runs synchronously; must not block."""
+        pid = event.participant_id
+        seat = self._seats.get(pid)
+        if isinstance(event, ev.SubscriberOffer):
+            offer = {"type": "subscriber_offer", "sdp": event.sdp, "tracks": subscriber_tracks(event.sdp)}
+            if seat is not None:
+                seat.pending_offer = offer
+            self._to_participant(pid, offer)
+            return
+        if seat is None:
+            return
+        if isinstance(event, ev.ParticipantLeft):
+            # the room dropped the participant by itself (its peer connection failed or closed)
+            self._presence("left", pid, {"reason": event.reason})
+            if not seat.hidden:
+                self._to_room(
+                    seat.room_id,
+                    {"type": "participant_left", "participant_id": pid, "reason": event.reason},
+                    exclude=pid,
+                )
+            del self._seats[pid]
+        elif isinstance(event, ev.TrackPublished):
+            track = {"track_id": event.track_id, "kind": event.kind, "source": event.source, "muted": False}
+            if not seat.hidden:
+                self._to_room(
+                    seat.room_id, {"type": "track_published", "participant_id": pid, "track": track}
+                )
+            self._presence("published", pid, {"kind": event.kind, "source": event.source})
+        elif isinstance(event, ev.TrackUnpublished):
+            if not seat.hidden:
+                self._to_room(
+                    seat.room_id,
+                    {"type": "track_unpublished", "participant_id": pid, "track_id": event.track_id},
+                )
+            self._presence("unpublished", pid, {"kind": event.kind, "source": event.source})
+        elif isinstance(event, ev.SpeakingChanged):
+            if not seat.hidden:
+                self._to_room(
+                    seat.room_id,
+                    {
+                        "type": "speaking",
+                        "participant_id": pid,
+                        "speaking": event.speaking,
+                        "talk_time_ms": event.talk_time_ms,
+                    },
+                )
+            self._presence(
+                "speaking_started" if event.speaking else "speaking_stopped",
+                pid,
+                {"talk_time_ms": event.talk_time_ms},
+            )
+        elif isinstance(event, ev.ConnectionQuality):
+            self._to_participant(pid, {"type": "quality", "participant_id": pid, "quality": event.quality})
+            self._presence(
+                "quality", pid, {"quality": event.quality, "loss": event.loss, "rtt_ms": event.rtt_ms}
+            )
+
+    # ------------------------------------------------------------------------------------------ requests
+    async def _handle(self, payload: Payload) -> Payload:
+        op = payload.get("op")
+        handler = self._ops.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise NodeError(f"unknown op {op!r}", code="bad_request")
+        try:
+            return await handler(payload)
+        except MediaError as exc:
+            raise NodeError(exc.message, code=exc.code) from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NodeError(f"bad request for op {op}: {exc}", code="bad_request") from None
+
+    @staticmethod
+    def _str(payload: Payload, key: str, *, limit: int = 128, ident: bool = False) -> str:
+        value = payload.get(key)
+        if not isinstance(value, str) or not value or len(value) > limit:
+            raise NodeError(
+                f"{key!r} must be a non-empty string of at most {limit} characters", code="bad_request"
+            )
+        if ident and not is_valid_id(value):
+            raise NodeError(f"{key!r} is not a valid id", code="bad_request")
+        return value
+
+    def _seat(self, payload: Payload) -> tuple[str, _Seat, Room]:
+        pid = self._str(payload, "participant_id", ident=True)
+        seat = self._seats.get(pid)
+        if seat is None or seat.room_id not in self._rooms:
+            raise NodeError(f"participant {pid!r} is not on this node", code="unknown_participant")
+        return pid, seat, self._rooms[seat.room_id]
+
+    async def _op_ping(self, payload: Payload) -> Payload:
+        return {"node_id": self.config.node_id, "state": self.state.value}
+
+    def _get_or_create_room(self, room_id: str, *, max_participants: int | None = None, create: bool) -> Room:
+        room = self._rooms.get(room_id)
+        if room is not None:
+            return room
+        if not create:
+            raise NodeError(f"room {room_id!r} is not on this node", code="unknown_room")
+        if self.state is not ServiceState.SERVING:
+            raise NodeError("node is draining: no new rooms", code="node_draining")
+        settings = RoomSettings(max_participants=max_participants or self.config.max_participants_per_room)
+        room = Room(
+            room_id,
+            settings,
+            node_id=self.config.node_id,
+            on_event=self._on_room_event,
+            limits=self._limits,
+            rtc_configuration=rtc_configuration(),
+        )
+        self._rooms[room_id] = room
+        logger.info("node=%s room=%s created", self.config.node_id, room_id)
+        return room
+
+    async def _op_create_room(self, payload: Payload) -> Payload:
+        room_id = self._str(payload, "room_id", ident=True)
+        max_participants = payload.get("max_participants")
+        if max_participants is not None and (not isinstance(max_participants, int) or max_participants < 1):
+            raise NodeError("max_participants must be a positive integer", code="bad_request")
+        self._get_or_create_room(room_id, max_participants=max_participants, create=True)
+        return {"room_id": room_id, "node_id": self.config.node_id}
+
+    async def _op_close_room(self, payload: Payload) -> Payload:
+        room_id = self._str(payload, "room_id", ident=True)
+        await self._close_room(room_id)
+        return {}
+
+    async def _close_room(self, room_id: str) -> None:
+        room = self._rooms.pop(room_id, None)
+        if room is None:
+            return
+        for pid in [p for p, s in self._seats.items() if s.room_id == room_id]:
+            self._to_participant(pid, {"type": "removed", "reason": "room_closed"})
+            self._presence("left", pid, {"reason": "room_closed"})
+            del self._seats[pid]
+        await room.close()
+        logger.info("node=%s room=%s closed", self.config.node_id, room_id)
+
+    def _describe(self, pid: str, room: Room) -> dict[str, Any]:
+        seat = self._seats[pid]
+        participant = room.participant(pid)
+        tracks = [
+            {
+                "track_id": t.track_id,
+                "kind": t.kind,
+                "source": t.source,
+                "muted": seat.muted.get(t.source, False),
+            }
+            for t in participant.published_tracks()
+        ]
+        return {
+            "participant_id": pid,
+            "identity": seat.identity,
+            "name": seat.name,
+            "role": seat.role,
+            "tracks": tracks,
+            "hand_raised": seat.hand_raised,
+        }
+
+    def _room_view(self, room_id: str, room: Room) -> list[dict[str, Any]]:
+        return [
+            self._describe(pid, room)
+            for pid, seat in self._seats.items()
+            if seat.room_id == room_id and not seat.hidden and pid in room.participants
+        ]
+
+    def _ice_servers(self, identity: str) -> list[dict[str, Any]]:
+        servers: list[dict[str, Any]] = []
+        if self.config.stun:
+            servers.append({"urls": list(self.config.stun)})
+        for turn in self.config.turn:
+            if turn.secret:
+                username, credential = turn_credentials(turn.secret, identity, self.config.turn_ttl_s)
+                servers.append({"urls": list(turn.urls), "username": username, "credential": credential})
+        return servers
+
+    async def _op_join(self, payload: Payload) -> Payload:
+        room_id = self._str(payload, "room_id", ident=True)
+        pid = self._str(payload, "participant_id", ident=True)
+        identity = self._str(payload, "identity")
+        name = self._str(payload, "name", limit=64)
+        role = Role(self._str(payload, "role"))
+        perms_raw = payload.get("permissions", [])
+        if not isinstance(perms_raw, list):
+            raise NodeError("permissions must be a list", code="bad_request")
+        perms = frozenset(Permission(p).value for p in perms_raw)
+        if pid in self._seats:
+            raise NodeError(f"participant {pid!r} already joined", code="duplicate_participant")
+        room = self._get_or_create_room(room_id, create=True)
+        can_publish = frozenset(
+            kind
+            for kind, perm in (
+                ("audio", "publish_audio"),
+                ("video", "publish_video"),
+                ("screen", "publish_screen"),
+            )
+            if perm in perms
+        )
+        info = ev.ParticipantInfo(
+            participant_id=pid,
+            identity=identity,
+            name=name,
+            role=role.value,
+            can_publish=can_publish,
+            can_subscribe="subscribe" in perms,
+            hidden=role is Role.RECORDER,
+        )
+        seat = _Seat(room_id, identity, name, role.value, perms, hidden=info.hidden)
+        self._seats[pid] = seat
+        try:
+            await room.join(info)
+        except BaseException:
+            self._seats.pop(pid, None)
+            raise
+        self._presence("joined", pid, {"name": name})
+        if not seat.hidden:
+            self._to_room(
+                room_id, {"type": "participant_joined", "participant": self._describe(pid, room)}, exclude=pid
+            )
+        return {
+            "participants": [p for p in self._room_view(room_id, room) if p["participant_id"] != pid],
+            "ice_servers": self._ice_servers(identity),
+            "node_id": self.config.node_id,
+        }
+
+    async def _op_publish(self, payload: Payload) -> Payload:
+        pid, seat, room = self._seat(payload)
+        sdp = self._str(payload, "sdp", limit=MAX_SDP)
+        sources = payload.get("sources", {})
+        if not isinstance(sources, dict) or not all(
+            isinstance(k, str) and v in SOURCES for k, v in sources.items()
+        ):
+            raise NodeError(f"sources must map mid -> one of {SOURCES}", code="bad_request")
+        answer = await room.participant(pid).publish(sdp, sources)
+        return {"sdp": answer}
+
+    async def _op_subscriber_answer(self, payload: Payload) -> Payload:
+        pid, seat, room = self._seat(payload)
+        sdp = self._str(payload, "sdp", limit=MAX_SDP)
+        seat.pending_offer = None
+        await room.participant(pid).subscriber_answer(sdp)
+        return {}
+
+    async def _op_mute(self, payload: Payload) -> Payload:
+        pid, seat, room = self._seat(payload)
+        source = payload.get("source")
+        muted = payload.get("muted")
+        if source not in SOURCES or not isinstance(muted, bool):
+            raise NodeError(
+                "mute needs source (camera|microphone|screen) and muted (bool)", code="bad_request"
+            )
+        room.participant(pid).set_muted(source, muted)
+        seat.muted[source] = muted
+        if not seat.hidden:
+            self._to_room(
+                seat.room_id, {"type": "track_muted", "participant_id": pid, "source": source, "muted": muted}
+            )
+        return {}
+
+    async def _op_data(self, payload: Payload) -> Payload:
+        pid, seat, room = self._seat(payload)
+        if "data" not in seat.permissions:
+            raise NodeError("this participant may not send data", code="permission_denied")
+        kind = payload.get("kind")
+        body = payload.get("body", {})
+        if kind not in DATA_KINDS or not isinstance(body, dict):
+            raise NodeError(f"data needs kind (one of {DATA_KINDS}) and an object body", code="bad_request")
+        if kind == "hand":
+            seat.hand_raised = bool(body.get("raised"))
+        message = {
+            "type": "data",
+            "from": {"participant_id": pid, "identity": seat.identity, "name": seat.name, "role": seat.role},
+            "kind": kind,
+            "body": body,
+            "at": time.time(),
+        }
+        self._to_room(seat.room_id, message)
+        self._presence("data", pid, {"kind": kind, "body": body})
+        return {}
+
+    async def _op_moderate(self, payload: Payload) -> Payload:
+        pid, seat, room = self._seat(payload)
+        if "moderate" not in seat.permissions:
+            raise NodeError("this participant may not moderate", code="permission_denied")
+        target = self._str(payload, "target", ident=True)
+        target_seat = self._seats.get(target)
+        if target_seat is None or target_seat.room_id != seat.room_id:
+            raise NodeError(f"participant {target!r} is not in this room", code="unknown_participant")
+        action = payload.get("action")
+        if action == "mute":
+            source = payload.get("source", "microphone")
+            if source not in SOURCES:
+                raise NodeError("source must be camera|microphone|screen", code="bad_request")
+            return await self._op_mute({"participant_id": target, "source": source, "muted": True})
+        if action == "remove":
+            self._to_participant(target, {"type": "removed", "reason": "removed_by_moderator"})
+            await self._leave(target, "removed_by_moderator")
+            return {}
+        raise NodeError("action must be mute or remove", code="bad_request")
+
+    async def _op_state(self, payload: Payload) -> Payload:
+        pid, seat, room = self._seat(payload)
+        if seat.pending_offer is not None:
+            self._to_participant(pid, seat.pending_offer)
+        return {
+            "participants": [p for p in self._room_view(seat.room_id, room) if p["participant_id"] != pid],
+            "ice_servers": self._ice_servers(seat.identity),
+            "node_id": self.config.node_id,
+            "pending_offer": seat.pending_offer,
+        }
+
+    async def _op_leave(self, payload: Payload) -> Payload:
+        pid = self._str(payload, "participant_id", ident=True)
+        await self._leave(pid, str(payload.get("reason", "left"))[:64])
+        return {}
+
+    async def _leave(self, pid: str, reason: str) -> None:
+        seat = self._seats.get(pid)
+        if seat is None:
+            return
+        room = self._rooms.get(seat.room_id)
+        self._presence("left", pid, {"reason": reason})
+        if not seat.hidden:
+            self._to_room(
+                seat.room_id,
+                {"type": "participant_left", "participant_id": pid, "reason": reason},
+                exclude=pid,
+            )
+        del self._seats[pid]
+        if room is not None:
+            await room.leave(pid)
+
+
+class _CpuMeter:
+    """Process CPU use (cores) between two samples, from os.times()."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), self._cpu())
+
+    @staticmethod
+    def _cpu() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def sample(self) -> float:
+        now, cpu = time.monotonic(), self._cpu()
+        last_now, last_cpu = self._last
+        self._last = (now, cpu)
+        elapsed = now - last_now
+        return round((cpu - last_cpu) / elapsed, 3) if elapsed > 0 else 0.0

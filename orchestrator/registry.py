@@ -1,0 +1,122 @@
+"""NodeRegistry: the orchestrator's live view of media nodes, recorders and signaling servers.
+
+Fed by heartbeats on the bus (``nodes.heartbeat``). A node whose last heartbeat is older than ``dead_after``
+seconds (3 s by default) is declared dead once: the registry calls ``on_dead`` so that the orchestrator can
+re-place its rooms. A heartbeat with state "stopped" removes the node at once (a clean exit is not a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from core.bus import Bus, Subscription
+from core.messages import NODE_HEARTBEATS, MessageError, NodeHeartbeat, decode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    heartbeat: NodeHeartbeat
+    last_seen: float  # time.monotonic()
+
+    @property
+    def node_id(self) -> str:
+        return self.heartbeat.node_id
+
+    @property
+    def region(self) -> str:
+        return self.heartbeat.region
+
+    @property
+    def serving(self) -> bool:
+        return self.heartbeat.state == "serving"
+
+
+class NodeRegistry:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        dead_after: float = 3.0,
+        on_dead: Callable[[NodeInfo], Awaitable[None]] | None = None,
+    ) -> None:
+        self._bus = bus
+        self._dead_after = dead_after
+        self._on_dead = on_dead
+        self._nodes: dict[str, NodeInfo] = {}
+        self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Condition()
+
+    def nodes(self, kind: str | None = None) -> list[NodeInfo]:
+        return [n for n in self._nodes.values() if kind is None or n.heartbeat.kind == kind]
+
+    def get(self, node_id: str) -> NodeInfo | None:
+        return self._nodes.get(node_id)
+
+    async def start(self) -> None:
+        self._sub = await self._bus.subscribe(NODE_HEARTBEATS)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="registry:listen"),
+            asyncio.create_task(self._reap(), name="registry:reap"),
+        ]
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def wait_for(self, predicate: Callable[[NodeRegistry], bool], timeout: float) -> bool:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _listen(self) -> None:
+        assert self._sub is not None
+        async for payload in self._sub:
+            try:
+                beat = decode(payload)
+            except MessageError as exc:
+                logger.warning("registry: dropped a bad heartbeat: %s", exc)
+                continue
+            if not isinstance(beat, NodeHeartbeat):
+                continue
+            if beat.state == "stopped":
+                self._nodes.pop(beat.node_id, None)
+                logger.info("node=%s kind=%s left cleanly", beat.node_id, beat.kind)
+            else:
+                if beat.node_id not in self._nodes:
+                    logger.info("node=%s kind=%s region=%s registered", beat.node_id, beat.kind, beat.region)
+                self._nodes[beat.node_id] = NodeInfo(beat, time.monotonic())
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self._dead_after / 6)
+            now = time.monotonic()
+            for node_id, info in list(self._nodes.items()):
+                if now - info.last_seen > self._dead_after:
+                    del self._nodes[node_id]
+                    logger.warning("node=%s kind=%s missed heartbeats: dead", node_id, info.heartbeat.kind)
+                    if self._on_dead is not None:
+                        try:
+                            await self._on_dead(info)
+                        except Exception:
+                            logger.exception("node=%s: handling its death failed", node_id)
+                    async with self._changed:
+                        self._changed.notify_all()
