@@ -35,10 +35,16 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run the whole system on this machine", description=_doc("dev"))
     add_option(dev, "--regions", default="", help="comma-separated regions to start nodes for (default: all)")
-    add_option(dev, "--redis", env="CLASSMESH_REDIS", default="", help="use this Redis URL instead of the in-process bus")
+    add_option(
+        dev, "--redis", env="CLASSMESH_REDIS", default="", help="use this Redis URL instead of the in-process bus"
+    )
     add_option(dev, "--host", default="127.0.0.1", help="address every service listens on")
-    add_option(dev, "--base-port", type=int, default=8700, help="orchestrator port; signaling uses base+1, recorders base+20..")
-    add_option(dev, "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="SQLite file, keys and recordings live here")
+    add_option(
+        dev, "--base-port", type=int, default=8700, help="orchestrator port; signaling uses base+1, recorders base+20.."
+    )
+    add_option(
+        dev, "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="SQLite file, keys and recordings live here"
+    )
     add_option(dev, "--regions-file", type=Path, default=None, help="regions.yaml to load")
     add_option(dev, "--log-format", default="text", choices=["text", "json"], help="log line format")
     add_option(dev, "--log-level", default="info", help="log level")
@@ -61,8 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     sig = sub.add_parser("signaling", help="browser signaling and the classroom page", description=_doc("signaling"))
     add_common_options(sig, default_port=8701)
     add_option(sig, "--region", default="", help="the region this signaling server serves")
-    add_option(sig, "--public-key", env="CLASSMESH_TOKEN_PUBLIC_KEY", type=Path, default=None,
-               help="PEM file of the orchestrator's token public key")
+    add_option(
+        sig,
+        "--public-key",
+        env="CLASSMESH_TOKEN_PUBLIC_KEY",
+        type=Path,
+        default=None,
+        help="PEM file of the orchestrator's token public key",
+    )
     add_option(sig, "--public-url", default="", help="URL browsers use to reach this server")
 
     media = sub.add_parser("media", help="one SFU node", description=_doc("media"))
@@ -70,13 +82,27 @@ def _parser() -> argparse.ArgumentParser:
     add_option(media, "--region", required=False, default="", help="the region this node belongs to")
     add_option(media, "--node-id", default="", help="this node's id (unique in the fleet)")
     add_option(media, "--public-url", default="", help="URL of this node's HTTP endpoint")
-    add_option(media, "--ice-address", env="CLASSMESH_ICE_ADDRESSES", action="append", default=[],
-               help="address to announce in ICE candidates (repeatable; e.g. the public IP behind NAT)")
+    add_option(
+        media,
+        "--ice-address",
+        env="CLASSMESH_ICE_ADDRESSES",
+        action="append",
+        default=[],
+        help="address to announce in ICE candidates (repeatable; e.g. the public IP behind NAT)",
+    )
     add_option(media, "--udp-ports", type=port_range, default=None, help="UDP port range for media, e.g. 40000-40999")
     add_option(media, "--workers", type=int, default=0, help="forwarding worker processes (0 = one per core)")
-    add_option(media, "--capacity", type=int, default=0, help="forwarded streams this node takes (0 = from regions.yaml)")
-    add_option(media, "--public-key", env="CLASSMESH_TOKEN_PUBLIC_KEY", type=Path, default=None,
-               help="PEM file of the orchestrator's token public key")
+    add_option(
+        media, "--capacity", type=int, default=0, help="forwarded streams this node takes (0 = from regions.yaml)"
+    )
+    add_option(
+        media,
+        "--public-key",
+        env="CLASSMESH_TOKEN_PUBLIC_KEY",
+        type=Path,
+        default=None,
+        help="PEM file of the orchestrator's token public key",
+    )
 
     rec = sub.add_parser("recorder", help="a recording worker", description=_doc("recorder"))
     add_common_options(rec, default_port=8720)
@@ -85,16 +111,26 @@ def _parser() -> argparse.ArgumentParser:
     add_option(rec, "--region", default="any", help="region this worker prefers")
     add_option(rec, "--public-url", default="", help="URL of this worker's HTTP endpoint")
 
-    link = sub.add_parser("join-link", help="mint a join token and print the classroom URL", description=_doc("join-link"))
+    link = sub.add_parser(
+        "join-link", help="mint a join token and print the classroom URL", description=_doc("join-link")
+    )
     add_option(link, "--room", required=True, help="room id")
     add_option(link, "--name", required=True, help="display name")
-    add_option(link, "--role", default="student", choices=["instructor", "student", "observer", "recorder"], help="role")
+    add_option(
+        link, "--role", default="student", choices=["instructor", "student", "observer", "recorder"], help="role"
+    )
     add_option(link, "--identity", default="", help="stable identity (default: derived from the name)")
     add_option(link, "--region", default="", help="region to place the room in when it is new")
     add_option(link, "--ttl", default="2h", help="how long the link stays valid (90s, 15m, 2h, 1d)")
     add_option(link, "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the dev signing key lives")
-    add_option(link, "--private-key", env="CLASSMESH_TOKEN_PRIVATE_KEY", type=Path, default=None,
-               help="PEM signing key (default: the dev key under --data-dir)")
+    add_option(
+        link,
+        "--private-key",
+        env="CLASSMESH_TOKEN_PRIVATE_KEY",
+        type=Path,
+        default=None,
+        help="PEM signing key (default: the dev key under --data-dir)",
+    )
     add_option(link, "--signaling-url", default="http://127.0.0.1:8701", help="the signaling server's public URL")
     return parser
 
@@ -102,8 +138,14 @@ def _parser() -> argparse.ArgumentParser:
 def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--database", default="", help="database URL (default: SQLite under --data-dir)")
     add_option(parser, "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where dev keys and SQLite live")
-    add_option(parser, "--private-key", env="CLASSMESH_TOKEN_PRIVATE_KEY", type=Path, default=None,
-               help="PEM file of the token signing key (default: the dev key under --data-dir)")
+    add_option(
+        parser,
+        "--private-key",
+        env="CLASSMESH_TOKEN_PRIVATE_KEY",
+        type=Path,
+        default=None,
+        help="PEM file of the token signing key (default: the dev key under --data-dir)",
+    )
     add_option(parser, "--public-url", default="", help="URL of the orchestrator's API")
     add_option(parser, "--signaling-url", default="http://127.0.0.1:8701", help="signaling URL used in join links")
 

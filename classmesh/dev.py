@@ -41,8 +41,14 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
     hosts: list[ServiceHost] = []
     hosts.append(
         build_orchestrator(
-            bus=bus, regions=regions, issuer=issuer, host=host, port=base, version=version,
-            database_url=default_database_url(data_dir), signaling_url=signaling_url,
+            bus=bus,
+            regions=regions,
+            issuer=issuer,
+            host=host,
+            port=base,
+            version=version,
+            database_url=default_database_url(data_dir),
+            signaling_url=signaling_url,
         )
     )
     first_region = next(iter(regions)).name
@@ -52,18 +58,32 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
             if node.port is None:
                 continue
             hosts.append(
-                build_media(bus=bus, region=region, node_id=node.node_id, host=host, port=node.port,
-                            version=version, ice_addresses=(host,))
+                build_media(
+                    bus=bus,
+                    region=region,
+                    node_id=node.node_id,
+                    host=host,
+                    port=node.port,
+                    version=version,
+                    ice_addresses=(host,),
+                )
             )
     for i in range(2):
         hosts.append(
-            build_recorder(bus=bus, worker_id=f"recorder-{i + 1}", storage=data_dir / "recordings" / f"r{i + 1}",
-                           host=host, port=base + 20 + i, version=version)
+            build_recorder(
+                bus=bus,
+                worker_id=f"recorder-{i + 1}",
+                storage=data_dir / "recordings" / f"r{i + 1}",
+                host=host,
+                port=base + 20 + i,
+                version=version,
+            )
         )
 
     async def announce(started: Sequence[ServiceHost]) -> None:
-        link = issuer.mint(room=DEMO_ROOM, identity="demo-instructor", name="Demo Instructor", role="instructor",
-                           region=first_region)
+        link = issuer.mint(
+            room=DEMO_ROOM, identity="demo-instructor", name="Demo Instructor", role="instructor", region=first_region
+        )
         lines = [
             "",
             f"classmesh {version} is running ({'redis ' + args.redis if args.redis else 'in-process bus'}, "
@@ -85,5 +105,6 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
         lines += ["", "Press Ctrl-C to stop.", ""]
         print("\n".join(lines), flush=True)
 
-    return await run_hosts(hosts, drain_timeout=args.drain_timeout, version=version, on_started=announce,
-                           cleanup=[bus.close])
+    return await run_hosts(
+        hosts, drain_timeout=args.drain_timeout, version=version, on_started=announce, cleanup=[bus.close]
+    )

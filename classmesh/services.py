@@ -30,8 +30,16 @@ def turn_configs(region: Region, environ: dict[str, str] | None = None) -> tuple
 
 
 def build_media(
-    *, bus: Bus, region: Region, node_id: str, host: str, port: int, version: str,
-    public_url: str = "", ice_addresses: tuple[str, ...] = (), udp_ports: tuple[int, int] | None = None,
+    *,
+    bus: Bus,
+    region: Region,
+    node_id: str,
+    host: str,
+    port: int,
+    version: str,
+    public_url: str = "",
+    ice_addresses: tuple[str, ...] = (),
+    udp_ports: tuple[int, int] | None = None,
     capacity: int = 0,
 ) -> ServiceHost:
     config = MediaNodeConfig(
@@ -55,16 +63,34 @@ def build_signaling(
     return ServiceHost(service, host, port)
 
 
-def build_recorder(*, bus: Bus, worker_id: str, storage: Path, host: str, port: int, version: str,
-                   region: str = "any", public_url: str = "") -> ServiceHost:
-    config = RecorderConfig(worker_id=worker_id, storage=storage, public_url=public_url or _url(host, port),
-                            region=region, version=version)
+def build_recorder(
+    *,
+    bus: Bus,
+    worker_id: str,
+    storage: Path,
+    host: str,
+    port: int,
+    version: str,
+    region: str = "any",
+    public_url: str = "",
+) -> ServiceHost:
+    config = RecorderConfig(
+        worker_id=worker_id, storage=storage, public_url=public_url or _url(host, port), region=region, version=version
+    )
     return ServiceHost(RecorderWorker(config, bus), host, port)
 
 
 def build_orchestrator(
-    *, bus: Bus, regions: Regions, issuer: TokenIssuer, host: str, port: int, version: str,
-    database_url: str, signaling_url: str, public_url: str = "",
+    *,
+    bus: Bus,
+    regions: Regions,
+    issuer: TokenIssuer,
+    host: str,
+    port: int,
+    version: str,
+    database_url: str,
+    signaling_url: str,
+    public_url: str = "",
 ) -> ServiceHost:
     config = OrchestratorConfig(
         public_url=public_url or _url(host, port),
@@ -89,9 +115,15 @@ async def run_orchestrator(args: argparse.Namespace, common: CommonConfig) -> in
     bus = open_bus(common.bus_url)
     key = args.private_key or _keys(args)[0]
     host = build_orchestrator(
-        bus=bus, regions=load_regions(common.regions_file), issuer=TokenIssuer.from_file(key), host=common.host,
-        port=common.port, version=common.version, database_url=args.database or default_database_url(args.data_dir),
-        signaling_url=args.signaling_url, public_url=args.public_url,
+        bus=bus,
+        regions=load_regions(common.regions_file),
+        issuer=TokenIssuer.from_file(key),
+        host=common.host,
+        port=common.port,
+        version=common.version,
+        database_url=args.database or default_database_url(args.data_dir),
+        signaling_url=args.signaling_url,
+        public_url=args.public_url,
     )
     return await _run_one(host, bus, common)
 
@@ -99,8 +131,14 @@ async def run_orchestrator(args: argparse.Namespace, common: CommonConfig) -> in
 async def run_signaling(args: argparse.Namespace, common: CommonConfig) -> int:
     bus = open_bus(common.bus_url)
     public_key = args.public_key or _keys(args)[1]
-    host = build_signaling(bus=bus, verifier=TokenVerifier.from_file(public_key), region=args.region,
-                           host=common.host, port=common.port, public_url=args.public_url)
+    host = build_signaling(
+        bus=bus,
+        verifier=TokenVerifier.from_file(public_key),
+        region=args.region,
+        host=common.host,
+        port=common.port,
+        public_url=args.public_url,
+    )
     return await _run_one(host, bus, common)
 
 
@@ -114,18 +152,32 @@ async def run_media(args: argparse.Namespace, common: CommonConfig) -> int:
         raise SystemExit(f"classmesh media: {exc.args[0]}") from None
     bus = open_bus(common.bus_url)
     host = build_media(
-        bus=bus, region=region, node_id=args.node_id or f"{region.name}-{socket.gethostname()}",
-        host=common.host, port=common.port, version=common.version, public_url=args.public_url,
-        ice_addresses=tuple(args.ice_address), udp_ports=args.udp_ports, capacity=args.capacity,
+        bus=bus,
+        region=region,
+        node_id=args.node_id or f"{region.name}-{socket.gethostname()}",
+        host=common.host,
+        port=common.port,
+        version=common.version,
+        public_url=args.public_url,
+        ice_addresses=tuple(args.ice_address),
+        udp_ports=args.udp_ports,
+        capacity=args.capacity,
     )
     return await _run_one(host, bus, common)
 
 
 async def run_recorder(args: argparse.Namespace, common: CommonConfig) -> int:
     bus = open_bus(common.bus_url)
-    host = build_recorder(bus=bus, worker_id=args.worker_id or f"recorder-{socket.gethostname()}",
-                          storage=args.storage, host=common.host, port=common.port, version=common.version,
-                          region=args.region, public_url=args.public_url)
+    host = build_recorder(
+        bus=bus,
+        worker_id=args.worker_id or f"recorder-{socket.gethostname()}",
+        storage=args.storage,
+        host=common.host,
+        port=common.port,
+        version=common.version,
+        region=args.region,
+        public_url=args.public_url,
+    )
     return await _run_one(host, bus, common)
 
 

@@ -358,9 +358,7 @@ class LocalBus:
             return None
         return value
 
-    async def kv_set(
-        self, key: str, value: str, *, ttl_ms: int | None = None, only_if_absent: bool = False
-    ) -> bool:
+    async def kv_set(self, key: str, value: str, *, ttl_ms: int | None = None, only_if_absent: bool = False) -> bool:
         if only_if_absent and self._live(key) is not None:
             return False
         self._kv[key] = (value, time.monotonic() + ttl_ms / 1000 if ttl_ms else None)
@@ -508,7 +506,7 @@ class RedisBus:
         self, stream: str, group: str, consumer: str, *, count: int = 16, block_ms: int = 1000
     ) -> list[Delivery]:
         await self.ensure_group(stream, group)
-        result = await self._redis.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+        result: Any = await self._redis.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
         if not result:
             return []
         _, entries = result[0]
@@ -559,9 +557,7 @@ class RedisBus:
 
         return _ServeSubscription(channel, stop)
 
-    async def kv_set(
-        self, key: str, value: str, *, ttl_ms: int | None = None, only_if_absent: bool = False
-    ) -> bool:
+    async def kv_set(self, key: str, value: str, *, ttl_ms: int | None = None, only_if_absent: bool = False) -> bool:
         return bool(await self._redis.set(key, value, px=ttl_ms, nx=only_if_absent))
 
     async def kv_get(self, key: str) -> str | None:

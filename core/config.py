@@ -22,8 +22,8 @@ def add_option(
     *,
     env: str | None = None,
     default: Any = None,
-    type: Callable[[str], Any] = str,  # noqa: A002 - mirrors argparse
-    help: str = "",  # noqa: A002
+    type: Callable[[str], Any] = str,
+    help: str = "",
     environ: Mapping[str, str] | None = None,
     **kwargs: Any,
 ) -> None:

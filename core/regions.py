@@ -207,8 +207,10 @@ class _Validator:
             urls = item.get("urls")
             if isinstance(urls, str):
                 urls = [urls]
-            if not isinstance(urls, list) or not urls or not all(
-                isinstance(u, str) and u.startswith(("turn:", "turns:")) for u in urls
+            if (
+                not isinstance(urls, list)
+                or not urls
+                or not all(isinstance(u, str) and u.startswith(("turn:", "turns:")) for u in urls)
             ):
                 raise self.fail(f"turn[{i}].urls", "must be a non-empty list of turn: or turns: URLs")
             secret_env = item.get("secret_env")
@@ -235,5 +237,5 @@ class _Validator:
                 raise self.fail(f"nodes[{i}].url", f"must be an http(s) URL, got {url!r}")
             if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
                 raise self.fail(f"nodes[{i}].port", f"must be a TCP port 1-65535, got {port!r}")
-            out.append(NodeSpec(NodeId(node_id), url, port))
+            out.append(NodeSpec(NodeId(str(node_id)), url, port))
         return out

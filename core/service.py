@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -76,20 +76,20 @@ class Service:
         for s in ServiceState:
             SERVICE_STATE.labels(self.name, s.value).set(1 if s is self._state else 0)
 
-    def add_routes(self, app: web.Application) -> None:  # noqa: B027 - optional hook
+    def add_routes(self, app: web.Application) -> None:
         """Mount this service's routes on ``app``."""
 
     def health(self) -> dict[str, Any]:
         """Extra fields for /healthz and /readyz bodies."""
         return {}
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Acquire resources and start background work."""
 
-    async def drain(self, deadline: float) -> None:  # noqa: B027 - optional hook
+    async def drain(self, deadline: float) -> None:
         """Stop taking new work; finish or move what is in flight before ``deadline``."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release everything. Idempotent."""
 
 
@@ -201,9 +201,9 @@ async def run_hosts(
                 await result
         await stop.wait()
         deadline = time.monotonic() + drain_timeout
-        drains = asyncio.gather(*(h.drain(deadline) for h in started))
-        hurried = asyncio.ensure_future(hurry.wait())
-        await asyncio.wait([drains, hurried], return_when=asyncio.FIRST_COMPLETED)
+        drains: asyncio.Future[list[None]] = asyncio.gather(*(h.drain(deadline) for h in started))
+        hurried: asyncio.Future[bool] = asyncio.ensure_future(hurry.wait())
+        await asyncio.wait([drains, hurried], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
         if not drains.done():
             drains.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -225,7 +225,7 @@ async def run_hosts(
     return 0
 
 
-def run(main: Callable[[], Awaitable[int]]) -> int:
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on a uvloop event loop and return its exit code."""
     import uvloop
 

@@ -83,7 +83,9 @@ def generate_private_key() -> Ed25519PrivateKey:
 
 
 def private_key_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
@@ -101,9 +103,9 @@ def load_or_create_dev_keys(directory: Path) -> tuple[Path, Path]:
         private.write_bytes(private_key_pem(key))
         public.write_bytes(public_key_pem(key))
     elif not public.exists():
-        key = serialization.load_pem_private_key(private.read_bytes(), password=None)
-        assert isinstance(key, Ed25519PrivateKey)
-        public.write_bytes(public_key_pem(key))
+        loaded = serialization.load_pem_private_key(private.read_bytes(), password=None)
+        assert isinstance(loaded, Ed25519PrivateKey)
+        public.write_bytes(public_key_pem(loaded))
     return private, public
 
 

@@ -303,9 +303,7 @@ class MediaNode(Service):
         elif isinstance(event, ev.TrackPublished):
             track = {"track_id": event.track_id, "kind": event.kind, "source": event.source, "muted": False}
             if not seat.hidden:
-                self._to_room(
-                    seat.room_id, {"type": "track_published", "participant_id": pid, "track": track}
-                )
+                self._to_room(seat.room_id, {"type": "track_published", "participant_id": pid, "track": track})
             self._presence("published", pid, {"kind": event.kind, "source": event.source})
         elif isinstance(event, ev.TrackUnpublished):
             if not seat.hidden:
@@ -332,9 +330,7 @@ class MediaNode(Service):
             )
         elif isinstance(event, ev.ConnectionQuality):
             self._to_participant(pid, {"type": "quality", "participant_id": pid, "quality": event.quality})
-            self._presence(
-                "quality", pid, {"quality": event.quality, "loss": event.loss, "rtt_ms": event.rtt_ms}
-            )
+            self._presence("quality", pid, {"quality": event.quality, "loss": event.loss, "rtt_ms": event.rtt_ms})
 
     # ------------------------------------------------------------------------------------------ requests
     async def _handle(self, payload: Payload) -> Payload:
@@ -353,9 +349,7 @@ class MediaNode(Service):
     def _str(payload: Payload, key: str, *, limit: int = 128, ident: bool = False) -> str:
         value = payload.get(key)
         if not isinstance(value, str) or not value or len(value) > limit:
-            raise NodeError(
-                f"{key!r} must be a non-empty string of at most {limit} characters", code="bad_request"
-            )
+            raise NodeError(f"{key!r} must be a non-empty string of at most {limit} characters", code="bad_request")
         if ident and not is_valid_id(value):
             raise NodeError(f"{key!r} is not a valid id", code="bad_request")
         return value
@@ -503,12 +497,10 @@ class MediaNode(Service):
         }
 
     async def _op_publish(self, payload: Payload) -> Payload:
-        pid, seat, room = self._seat(payload)
+        pid, _seat, room = self._seat(payload)
         sdp = self._str(payload, "sdp", limit=MAX_SDP)
         sources = payload.get("sources", {})
-        if not isinstance(sources, dict) or not all(
-            isinstance(k, str) and v in SOURCES for k, v in sources.items()
-        ):
+        if not isinstance(sources, dict) or not all(isinstance(k, str) and v in SOURCES for k, v in sources.items()):
             raise NodeError(f"sources must map mid -> one of {SOURCES}", code="bad_request")
         answer = await room.participant(pid).publish(sdp, sources)
         return {"sdp": answer}
@@ -525,9 +517,7 @@ class MediaNode(Service):
         source = payload.get("source")
         muted = payload.get("muted")
         if source not in SOURCES or not isinstance(muted, bool):
-            raise NodeError(
-                "mute needs source (camera|microphone|screen) and muted (bool)", code="bad_request"
-            )
+            raise NodeError("mute needs source (camera|microphone|screen) and muted (bool)", code="bad_request")
         room.participant(pid).set_muted(source, muted)
         seat.muted[source] = muted
         if not seat.hidden:
@@ -537,7 +527,7 @@ class MediaNode(Service):
         return {}
 
     async def _op_data(self, payload: Payload) -> Payload:
-        pid, seat, room = self._seat(payload)
+        pid, seat, _room = self._seat(payload)
         if "data" not in seat.permissions:
             raise NodeError("this participant may not send data", code="permission_denied")
         kind = payload.get("kind")
@@ -558,7 +548,7 @@ class MediaNode(Service):
         return {}
 
     async def _op_moderate(self, payload: Payload) -> Payload:
-        pid, seat, room = self._seat(payload)
+        _pid, seat, _room = self._seat(payload)
         if "moderate" not in seat.permissions:
             raise NodeError("this participant may not moderate", code="permission_denied")
         target = self._str(payload, "target", ident=True)

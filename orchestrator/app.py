@@ -24,8 +24,8 @@ from core.service import Service
 from core.tokens import TokenIssuer
 from orchestrator.placement import (
     LeastLoadedNodeSelector,
-    NodeSelector,
     NoCapacityError,
+    NodeSelector,
     PlacementError,
     RegionSelector,
     Reservations,
@@ -157,7 +157,11 @@ class OrchestratorService(Service):
         return info if info is not None and info.heartbeat.kind == "media" else None
 
     async def ensure_room(
-        self, room_id: str, *, region: str | None = None, participants: int | None = None,
+        self,
+        room_id: str,
+        *,
+        region: str | None = None,
+        participants: int | None = None,
         exclude: frozenset[str] = frozenset(),
     ) -> str:
         """The node hosting ``room_id``, placing and creating the room when it has none (or a dead one)."""
@@ -218,13 +222,12 @@ class OrchestratorService(Service):
             if await self.bus.kv_get(room_key(room_id)) != info.node_id:
                 continue
             try:
-                node_id = await self.ensure_room(
-                    room_id, region=info.region, exclude=frozenset({info.node_id})
-                )
+                node_id = await self.ensure_room(room_id, region=info.region, exclude=frozenset({info.node_id}))
             except PlacementError as exc:
                 logger.error("room=%s lost with node=%s and could not be re-placed: %s", room_id, info.node_id, exc)
                 continue
             logger.warning("room=%s moved from dead node=%s to node=%s", room_id, info.node_id, node_id)
             await self.bus.publish(
-                room_channel(room_id), {"type": "moved", "room_id": room_id, "node_id": node_id, "reason": "node_failed"}
+                room_channel(room_id),
+                {"type": "moved", "room_id": room_id, "node_id": node_id, "reason": "node_failed"},
             )

@@ -96,8 +96,9 @@ class WorstCaseRttRegionSelector:
 
 
 class NodeSelector(Protocol):
-    def choose(self, nodes: Sequence[NodeInfo], demand: int, *, reserved: Mapping[str, int],
-               version: str | None = None) -> NodeInfo: ...
+    def choose(
+        self, nodes: Sequence[NodeInfo], demand: int, *, reserved: Mapping[str, int], version: str | None = None
+    ) -> NodeInfo: ...
 
 
 @dataclass

@@ -25,17 +25,37 @@ def test_env_var_sets_a_default(tmp_path: Path) -> None:
     env = {"CLASSMESH_TTL": "banana", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
         [CLASSMESH, "join-link", "--room", "r1", "--name", "A", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert result.returncode == 2 and "--ttl" in result.stderr
 
 
 def test_join_link_mints_a_verifiable_token(tmp_path: Path) -> None:
     result = subprocess.run(
-        [CLASSMESH, "join-link", "--room", "algebra-7", "--name", "Ada Lovelace", "--role", "instructor",
-         "--region", "eu-central", "--ttl", "15m", "--data-dir", str(tmp_path),
-         "--signaling-url", "http://127.0.0.1:9999"],
-        capture_output=True, text=True, timeout=60,
+        [
+            CLASSMESH,
+            "join-link",
+            "--room",
+            "algebra-7",
+            "--name",
+            "Ada Lovelace",
+            "--role",
+            "instructor",
+            "--region",
+            "eu-central",
+            "--ttl",
+            "15m",
+            "--data-dir",
+            str(tmp_path),
+            "--signaling-url",
+            "http://127.0.0.1:9999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     url = urlparse(result.stdout.strip())
@@ -46,10 +66,15 @@ def test_join_link_mints_a_verifiable_token(tmp_path: Path) -> None:
     assert 14 * 60 < grant.expires_at - __import__("time").time() <= 15 * 60
 
 
-@pytest.mark.parametrize("args", [["--room", "bad room"], ["--room", "r", "--ttl", "-5m"],
-                                  ["--room", "r", "--role", "admin"]])
+@pytest.mark.parametrize(
+    "args", [["--room", "bad room"], ["--room", "r", "--ttl", "-5m"], ["--room", "r", "--role", "admin"]]
+)
 def test_join_link_refuses_bad_input(tmp_path: Path, args: list[str]) -> None:
-    result = subprocess.run([CLASSMESH, "join-link", "--name", "A", "--data-dir", str(tmp_path), *args],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [CLASSMESH, "join-link", "--name", "A", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr

@@ -42,9 +42,21 @@ def start_dev(tmp_path: Path, *extra: str, regions: list[str] | None = None) -> 
     regions_file = regions_with_free_ports(tmp_path, regions or ["eu-central", "us-east"])
     env = os.environ | {"PYTHONWARNINGS": "default", "PYTHONDEVMODE": "1"}
     proc = subprocess.Popen(
-        [CLASSMESH, "dev", "--data-dir", str(tmp_path / "var"), "--base-port", str(base),
-         "--regions-file", str(regions_file), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            CLASSMESH,
+            "dev",
+            "--data-dir",
+            str(tmp_path / "var"),
+            "--base-port",
+            str(base),
+            "--regions-file",
+            str(regions_file),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     return proc, base
 
@@ -130,8 +142,12 @@ def test_dev_starts_everything_prints_urls_and_stops_cleanly(tmp_path: Path) -> 
 
 
 def test_dev_refuses_unknown_regions(tmp_path: Path) -> None:
-    result = subprocess.run([CLASSMESH, "dev", "--regions", "atlantis", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [CLASSMESH, "dev", "--regions", "atlantis", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert "atlantis" in result.stderr
 

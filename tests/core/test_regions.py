@@ -39,8 +39,11 @@ def _base() -> dict:
         (lambda d: d["regions"]["us-east"]["nodes"][0].update(id="eu-central-1"), "us-east", "nodes.id"),
         (lambda d: d["regions"]["us-east"]["nodes"][0].update(port=8710), "us-east", "nodes.port"),
         (lambda d: d["regions"]["us-east"].update(turn=[{"urls": ["stun:x"]}]), "us-east", "turn[0].urls"),
-        (lambda d: d["regions"]["us-east"].update(capacity={"streams_per_node": 0}), "us-east",
-         "capacity.streams_per_node"),
+        (
+            lambda d: d["regions"]["us-east"].update(capacity={"streams_per_node": 0}),
+            "us-east",
+            "capacity.streams_per_node",
+        ),
         (lambda d: d["regions"]["us-east"].update(colour="blue"), "us-east", "colour"),
     ],
 )

@@ -49,7 +49,8 @@ async def test_health_ready_and_metrics_follow_the_lifecycle() -> None:
         families = {f.name: f for f in text_string_to_metric_families(text)}
         assert "classmesh_service_state" in families
         serving = [
-            s for s in families["classmesh_service_state"].samples
+            s
+            for s in families["classmesh_service_state"].samples
             if s.labels == {"service": "probe", "state": "serving"}
         ]
         assert serving and serving[0].value == 1
@@ -73,8 +74,14 @@ async def test_sigterm_drains_then_closes_in_reverse_order() -> None:
 
     code = await asyncio.wait_for(run_hosts(hosts, drain_timeout=5, on_started=started), 10)
     assert code == 0
-    assert log == [f"start:{id(first)}", f"start:{id(second)}", "drain", "drain",
-                   f"close:{id(second)}", f"close:{id(first)}"]
+    assert log == [
+        f"start:{id(first)}",
+        f"start:{id(second)}",
+        "drain",
+        "drain",
+        f"close:{id(second)}",
+        f"close:{id(first)}",
+    ]
 
 
 async def test_drain_deadline_is_enforced() -> None:
@@ -83,8 +90,6 @@ async def test_drain_deadline_is_enforced() -> None:
     stop = asyncio.Event()
     stop.set()
     began = time.monotonic()
-    await asyncio.wait_for(
-        run_hosts([ServiceHost(slow, "127.0.0.1", 0)], drain_timeout=0.3, stop=stop), 10
-    )
+    await asyncio.wait_for(run_hosts([ServiceHost(slow, "127.0.0.1", 0)], drain_timeout=0.3, stop=stop), 10)
     assert time.monotonic() - began < 3
     assert log[-1] == f"close:{id(slow)}"

@@ -45,8 +45,9 @@ def test_forged_token_is_refused(keys: tuple[TokenIssuer, TokenVerifier]) -> Non
 
 def test_unsigned_and_garbage_tokens_are_refused(keys: tuple[TokenIssuer, TokenVerifier]) -> None:
     _, verifier = keys
-    unsigned = jwt.encode({"room": "r1", "sub": "x", "role": "instructor", "exp": time.time() + 60}, key=None,
-                          algorithm="none")
+    unsigned = jwt.encode(
+        {"room": "r1", "sub": "x", "role": "instructor", "exp": time.time() + 60}, key=None, algorithm="none"
+    )
     for token in (unsigned, "not.a.jwt", "", None, 42, "x" * 5000):
         with pytest.raises(TokenError) as err:
             verifier.verify(token)
