@@ -18,8 +18,9 @@ Four kinds of traffic:
 - **request/reply** (``request``, ``serve``): one responder per channel (e.g. ``media.<node_id>``); a request
   with no responder fails at once with ``NoResponderError``, a slow one with ``BusTimeoutError``; a responder
   that raises ``BusError`` (or a subclass with a ``code``) makes the request raise ``RemoteError`` with that code.
-- **keys** (``kv_set``, ``kv_get``, ``kv_delete``): small values with an optional TTL (room -> node map, leases,
-  locks). ``only_if_absent`` and ``if_value`` make them usable as locks.
+- **keys** (``kv_set``, ``kv_get``, ``kv_delete``, ``kv_renew``, ``incr``): small values with an optional TTL
+  (room -> node map, leases, locks). ``only_if_absent``, ``if_value`` and ``kv_renew`` (extend the TTL only if
+  the key still holds our value) make them usable as leases; ``incr`` gives fencing tokens.
 """
 
 from __future__ import annotations
@@ -114,6 +115,10 @@ class Bus(Protocol):
     async def kv_get(self, key: str) -> str | None: ...
 
     async def kv_delete(self, key: str, *, if_value: str | None = None) -> bool: ...
+
+    async def kv_renew(self, key: str, value: str, *, ttl_ms: int) -> bool: ...
+
+    async def incr(self, key: str) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -374,6 +379,17 @@ class LocalBus:
         del self._kv[key]
         return True
 
+    async def kv_renew(self, key: str, value: str, *, ttl_ms: int) -> bool:
+        if self._live(key) != value:
+            return False
+        self._kv[key] = (value, time.monotonic() + ttl_ms / 1000)
+        return True
+
+    async def incr(self, key: str) -> int:
+        value = int(self._live(key) or 0) + 1
+        self._kv[key] = (str(value), None)
+        return value
+
     async def close(self) -> None:
         self._closed = True
         for subs in list(self._subs.values()):
@@ -390,6 +406,9 @@ class LocalBus:
 
 _DELETE_IF_VALUE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end
+"""
+_RENEW_IF_VALUE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end
 """
 
 
@@ -567,7 +586,13 @@ class RedisBus:
     async def kv_delete(self, key: str, *, if_value: str | None = None) -> bool:
         if if_value is None:
             return bool(await self._redis.delete(key))
-        return bool(await self._redis.eval(_DELETE_IF_VALUE, 1, key, if_value))
+        return bool(await self._redis.eval(_DELETE_IF_VALUE, 1, key, if_value))  # type: ignore[misc]
+
+    async def kv_renew(self, key: str, value: str, *, ttl_ms: int) -> bool:
+        return bool(await self._redis.eval(_RENEW_IF_VALUE, 1, key, value, ttl_ms))  # type: ignore[misc]
+
+    async def incr(self, key: str) -> int:
+        return int(await self._redis.incr(key))
 
     async def close(self) -> None:
         if self._closed:

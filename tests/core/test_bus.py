@@ -159,3 +159,13 @@ async def test_keys_with_ttl_and_conditional_writes(bus: Bus) -> None:
 def test_open_bus_refuses_unknown_urls() -> None:
     with pytest.raises(ValueError, match="unsupported bus URL"):
         open_bus("kafka://x")
+
+
+async def test_renew_extends_only_our_own_lease_and_incr_counts(bus: Bus) -> None:
+    assert await bus.kv_set("leader", "a", ttl_ms=200, only_if_absent=True)
+    assert not await bus.kv_renew("leader", "b", ttl_ms=5000)
+    assert await bus.kv_renew("leader", "a", ttl_ms=5000)
+    await asyncio.sleep(0.35)
+    assert await bus.kv_get("leader") == "a"
+    assert not await bus.kv_renew("missing", "a", ttl_ms=100)
+    assert [await bus.incr("fence") for _ in range(3)] == [1, 2, 3]
