@@ -10,49 +10,55 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from classmesh.cli import default_database_url
 from classmesh.services import build_media, build_orchestrator, build_recorder, build_signaling
-from core.bus import open_bus
-from core.regions import load_regions
+from core.bus import Bus, open_bus
+from core.regions import Regions, load_regions
 from core.service import ServiceHost, run_hosts
 from core.tokens import TokenIssuer, TokenVerifier, load_or_create_dev_keys
 
 DEMO_ROOM = "demo"
 
 
-async def run_dev(args: argparse.Namespace, version: str) -> int:
-    regions = load_regions(args.regions_file)
-    if args.regions:
-        try:
-            regions = regions.subset([r.strip() for r in args.regions.split(",") if r.strip()])
-        except KeyError as exc:
-            print(f"classmesh dev: --regions: {exc.args[0]}", file=sys.stderr)
-            return 2
-    data_dir = args.data_dir
+@dataclass
+class Stack:
+    """Everything ``classmesh dev`` runs, built but not started."""
+
+    hosts: list[ServiceHost]
+    bus: Bus
+    issuer: TokenIssuer
+    signaling_url: str
+    first_region: str
+
+    def media_hosts(self) -> list[ServiceHost]:
+        return [h for h in self.hosts if h.service.name == "media"]
+
+
+def build_stack(
+    regions: Regions, *, data_dir: Path, host: str, base_port: int, version: str, bus: Bus, recorders: int = 2
+) -> Stack:
     data_dir.mkdir(parents=True, exist_ok=True)
     private_key, public_key = load_or_create_dev_keys(data_dir / "keys")
     issuer = TokenIssuer.from_file(private_key)
     verifier = TokenVerifier.from_file(public_key)
-    bus = open_bus(args.redis or "memory://")
-    host, base = args.host, args.base_port
-    signaling_url = f"http://{host}:{base + 1}"
-
-    hosts: list[ServiceHost] = []
-    hosts.append(
+    signaling_url = f"http://{host}:{base_port + 1}"
+    hosts: list[ServiceHost] = [
         build_orchestrator(
             bus=bus,
             regions=regions,
             issuer=issuer,
             host=host,
-            port=base,
+            port=base_port,
             version=version,
             database_url=default_database_url(data_dir),
             signaling_url=signaling_url,
         )
-    )
+    ]
     first_region = next(iter(regions)).name
-    hosts.append(build_signaling(bus=bus, verifier=verifier, region=first_region, host=host, port=base + 1))
+    hosts.append(build_signaling(bus=bus, verifier=verifier, region=first_region, host=host, port=base_port + 1))
     for region in regions:
         for node in region.nodes:
             if node.port is None:
@@ -68,17 +74,38 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
                     ice_addresses=(host,),
                 )
             )
-    for i in range(2):
+    for i in range(recorders):
         hosts.append(
             build_recorder(
                 bus=bus,
                 worker_id=f"recorder-{i + 1}",
                 storage=data_dir / "recordings" / f"r{i + 1}",
                 host=host,
-                port=base + 20 + i,
+                port=base_port + 20 + i,
                 version=version,
             )
         )
+    return Stack(hosts, bus, issuer, signaling_url, first_region)
+
+
+async def run_dev(args: argparse.Namespace, version: str) -> int:
+    regions = load_regions(args.regions_file)
+    if args.regions:
+        try:
+            regions = regions.subset([r.strip() for r in args.regions.split(",") if r.strip()])
+        except KeyError as exc:
+            print(f"classmesh dev: --regions: {exc.args[0]}", file=sys.stderr)
+            return 2
+    data_dir = args.data_dir
+    stack = build_stack(
+        regions,
+        data_dir=data_dir,
+        host=args.host,
+        base_port=args.base_port,
+        version=version,
+        bus=open_bus(args.redis or "memory://"),
+    )
+    issuer, signaling_url, first_region = stack.issuer, stack.signaling_url, stack.first_region
 
     async def announce(started: Sequence[ServiceHost]) -> None:
         link = issuer.mint(
@@ -106,5 +133,5 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
         print("\n".join(lines), flush=True)
 
     return await run_hosts(
-        hosts, drain_timeout=args.drain_timeout, version=version, on_started=announce, cleanup=[bus.close]
+        stack.hosts, drain_timeout=args.drain_timeout, version=version, on_started=announce, cleanup=[stack.bus.close]
     )

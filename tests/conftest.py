@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,55 @@ async def bus_factory(request: pytest.FixtureRequest) -> AsyncIterator[BusFactor
 @pytest.fixture
 def bus(bus_factory: BusFactory) -> Bus:
     return bus_factory.open()
+
+
+# --------------------------------------------------------------------------------------------- the stack
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Any]:
+    """The whole system (orchestrator, signaling, one media node, no recorders) in this process, on loopback."""
+    from classmesh.dev import build_stack
+    from core.regions import load_regions, parse_regions
+    from core.service import ServiceHost
+
+    regions = load_regions()
+    raw = {
+        "regions": {
+            "eu-central": {
+                "display_name": "test",
+                "lat": regions.get("eu-central").lat,
+                "lon": regions.get("eu-central").lon,
+                "nodes": [{"id": "eu-central-1", "port": free_port()}],
+            }
+        }
+    }
+    built = build_stack(
+        parse_regions(raw),
+        data_dir=tmp_path / "var",
+        host="127.0.0.1",
+        base_port=free_port(),
+        version="test",
+        bus=LocalBus(),
+        recorders=0,
+    )
+    # the signaling port is base+1: pick ports that are actually free
+    for host in built.hosts:
+        if host.service.name != "media":
+            host.port = 0
+    started: list[ServiceHost] = []
+    try:
+        for host in built.hosts:
+            await host.start()
+            started.append(host)
+        signaling = next(h for h in started if h.service.name == "signaling")
+        built.signaling_url = signaling.url
+        orchestrator = next(h for h in started if h.service.name == "orchestrator")
+        # placement needs the node's first heartbeat
+        registry = orchestrator.service.registry  # type: ignore[attr-defined]
+        assert await registry.wait_for(lambda r: len(r.nodes("media")) == 1, 5)
+        yield built
+    finally:
+        for host in reversed(started):
+            await host.close()
+        await built.bus.close()
