@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     key_sub = key.add_subparsers(dest="api_key_command", required=True, metavar="ACTION")
     create = key_sub.add_parser("create", help="create a key and print its secret once")
     create.add_argument("--name", required=True, help="who the key is for")
-    create.add_argument("--scopes", default="admin", help="comma-separated scopes (default: admin)")
+    create.add_argument(
+        "--scope", action="append", dest="scopes", default=None, help="a scope to grant (repeatable; default: admin)"
+    )
     revoke = key_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id", help="the key's id (cmk_...)")
     key_sub.add_parser("list", help="list keys (never their secrets)")

@@ -19,6 +19,8 @@ from core.bus import Bus, open_bus
 from core.regions import Regions, load_regions
 from core.service import ServiceHost, run_hosts
 from core.tokens import TokenIssuer, TokenVerifier, load_or_create_dev_keys
+from orchestrator.api.keys import create_api_key
+from orchestrator.app import OrchestratorService
 
 DEMO_ROOM = "demo"
 
@@ -88,6 +90,17 @@ def build_stack(
     return Stack(hosts, bus, issuer, signaling_url, first_region)
 
 
+async def dev_api_key(orchestrator: OrchestratorService, data_dir: Path) -> str:
+    """The dev admin API key: created on first start, kept in ``<data-dir>/dev-api-key`` (mode 0600)."""
+    path = data_dir / "dev-api-key"
+    if path.exists():
+        return path.read_text().strip()
+    _, secret = await create_api_key(orchestrator.store, "classmesh dev", ["admin"])
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
+
+
 async def run_dev(args: argparse.Namespace, version: str) -> int:
     regions = load_regions(args.regions_file)
     if args.regions:
@@ -108,6 +121,7 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
     issuer, signaling_url, first_region = stack.issuer, stack.signaling_url, stack.first_region
 
     async def announce(started: Sequence[ServiceHost]) -> None:
+        api_key = await dev_api_key(started[0].service, data_dir)  # type: ignore[arg-type]
         link = issuer.mint(
             room=DEMO_ROOM, identity="demo-instructor", name="Demo Instructor", role="instructor", region=first_region
         )
@@ -120,6 +134,7 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
             "  more join links:                    classmesh join-link --room demo --name Alice --role student",
             f"  ops dashboard:                      {started[0].url}/dashboard",
             f"  API docs:                           {started[0].url}/v1/docs",
+            f"  admin API key (dev only):           {api_key}   (also in {data_dir}/dev-api-key)",
             "",
             "  service        health                                  metrics",
         ]

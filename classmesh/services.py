@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sys
 from pathlib import Path
 
 from core.bus import Bus, open_bus
@@ -182,8 +183,35 @@ async def run_recorder(args: argparse.Namespace, common: CommonConfig) -> int:
 
 
 async def api_key_command(args: argparse.Namespace) -> int:
+    """``classmesh orchestrator api-key create|revoke|list`` against the orchestrator's database."""
     from classmesh.cli import default_database_url
-    from orchestrator.api.keys import run_api_key_command
+    from orchestrator.api.keys import create_api_key, list_api_keys, revoke_api_key
+    from orchestrator.errors import InvalidInputError
+    from orchestrator.store import Store
 
     url = args.database or default_database_url(args.data_dir)
-    return await run_api_key_command(url, args)
+    if url.startswith("sqlite"):
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(url)
+    try:
+        if args.api_key_command == "create":
+            try:
+                key_id, secret = await create_api_key(store, args.name, args.scopes or ["admin"])
+            except InvalidInputError as exc:
+                print(f"classmesh orchestrator api-key create: {exc.detail}", file=sys.stderr)
+                return 2
+            print(f"key_id: {key_id}\nsecret: {secret}")
+            print("(the secret is shown once; send it as 'Authorization: Bearer <secret>')")
+            return 0
+        if args.api_key_command == "revoke":
+            if not await revoke_api_key(store, args.key_id):
+                print(f"classmesh orchestrator api-key revoke: no active key {args.key_id!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+            return 0
+        for key in await list_api_keys(store):
+            state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+            print(f"{key.key_id}\t{key.name}\t{','.join(key.scopes)}\t{key.created_at.isoformat()}\t{state}")
+        return 0
+    finally:
+        await store.close()

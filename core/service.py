@@ -71,6 +71,10 @@ class Service:
             logger.info("service=%s state=%s", self.name, state.value)
         self._state = state
         self._set_state_metric()
+        self.state_changed(state)
+
+    def state_changed(self, state: ServiceState) -> None:
+        """Called after every state change (e.g. to announce it at once). Must not block."""
 
     def _set_state_metric(self) -> None:
         for s in ServiceState:
@@ -129,7 +133,8 @@ class ServiceHost:
         return web.Response(body=data, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
     async def start(self) -> None:
-        """Listen first (so /healthz answers during start-up), then start the service."""
+        """Start the service (it may open what its routes need), then listen."""
+        await self.service.start()
         self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -139,7 +144,6 @@ class ServiceHost:
             sockets = getattr(server, "sockets", None) or []
             if sockets:
                 self.port = sockets[0].getsockname()[1]
-        await self.service.start()
         self.service.set_state(ServiceState.SERVING)
         logger.info("service=%s url=%s serving", self.service.name, self.url)
 

@@ -133,6 +133,7 @@ class MediaNode(Service):
         self._outbox: asyncio.Queue[tuple[str, Payload]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._cpu = _CpuMeter()
+        self._beat_now = asyncio.Event()
         self._ops: dict[str, Callable[[Payload], Awaitable[Payload]]] = {
             "ping": self._op_ping,
             "create_room": self._op_create_room,
@@ -224,15 +225,20 @@ class MediaNode(Service):
         )
         await self._bus.publish(NODE_HEARTBEATS, encode(beat))
 
+    def state_changed(self, state: ServiceState) -> None:
+        self._beat_now.set()  # tell the registry at once, not at the next beat
+
     async def _beat(self) -> None:
         while True:
+            self._beat_now.clear()
             try:
                 await self._send_heartbeat()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("node=%s heartbeat failed", self.config.node_id)
-            await asyncio.sleep(self.config.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.config.heartbeat_interval)
 
     # ------------------------------------------------------------------------------------------ outbound
     def _post(self, channel: str, payload: Payload) -> None:

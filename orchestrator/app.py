@@ -1,17 +1,20 @@
 """OrchestratorService: the control plane as a service.
 
-Owns the node registry (heartbeats), placement (region and node selectors) and the room -> node map; answers
-``orchestrator.rpc`` for signaling (``ensure_room``); re-places the rooms of a node that dies; serves the
-booking API (/v1), the ops dashboard and the API docs.
+Owns the store (bookings, sessions, API keys, webhooks outbox), the booking API under /v1, the node registry
+(heartbeats), placement (region and node selectors) and the room -> node map. Answers ``orchestrator.rpc`` for
+signaling (``ensure_room``), re-places the rooms of a node that dies, and, on the replica elected leader,
+runs the provisioning loop. Every replica consumes presence events and delivers webhooks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +25,10 @@ from core.messages import ORCHESTRATOR_RPC, node_rpc, room_channel, room_key
 from core.regions import Regions
 from core.service import Service
 from core.tokens import TokenIssuer
+from orchestrator.api.app import build_api_app
+from orchestrator.api.hooks import ApiHooks, BookingChange
+from orchestrator.forecast import forecast
+from orchestrator.leader import LeaderElector
 from orchestrator.placement import (
     LeastLoadedNodeSelector,
     NoCapacityError,
@@ -32,9 +39,16 @@ from orchestrator.placement import (
     WorstCaseRttRegionSelector,
     room_demand_streams,
 )
+from orchestrator.presence import PresenceConsumer
+from orchestrator.provisioning import Provisioner, ProvisioningConfig
 from orchestrator.registry import NodeInfo, NodeRegistry
+from orchestrator.store import Store
+from orchestrator.store.models import Session
+from orchestrator.webhooks import DispatcherConfig, WebhookDispatcher
 
 logger = logging.getLogger(__name__)
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "web" / "dashboard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +59,10 @@ class OrchestratorConfig:
     version: str = "dev"
     dead_after: float = 3.0
     default_room_size: int = 6
+    lead_time: timedelta = timedelta(minutes=10)
+    provisioning_interval_s: float = 2.0
+    leader_ttl_ms: int = 3000
+    join_link_grace: timedelta = timedelta(hours=1)
 
 
 class RpcError(BusError):
@@ -63,7 +81,6 @@ class OrchestratorService(Service):
         *,
         region_selector: RegionSelector | None = None,
         node_selector: NodeSelector | None = None,
-        extensions: list[Callable[[OrchestratorService, web.Application], Awaitable[None] | None]] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -76,27 +93,88 @@ class OrchestratorService(Service):
         self.reservations = Reservations()
         self._serving: Subscription | None = None
         self._placing: dict[str, asyncio.Lock] = {}
-        self._extensions = extensions or []
+        self._store: Store | None = None
+        self._dispatcher: WebhookDispatcher | None = None
+        self._api: web.Application | None = None
+        self._leader: LeaderElector | None = None
+        self._provisioner: Provisioner | None = None
+        self._presence_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "the orchestrator has not started"
+        return self._store
+
+    @property
+    def provisioner(self) -> Provisioner:
+        assert self._provisioner is not None, "the orchestrator has not started"
+        return self._provisioner
+
+    @property
+    def leader(self) -> LeaderElector | None:
+        return self._leader
+
     async def start(self) -> None:
+        self._store = await Store.open(self.config.database_url)
+        self._dispatcher = WebhookDispatcher(self._store, DispatcherConfig())
+        self._dispatcher.start()
+        self._provisioner = Provisioner(
+            self._store,
+            self.regions,
+            self.region_selector,
+            self._place_session,
+            self.close_room,
+            ProvisioningConfig(lead_time=self.config.lead_time, interval_s=self.config.provisioning_interval_s),
+            on_events=self._dispatcher.wake,
+        )
+        hooks = ApiHooks(
+            mint_join_link=self._mint_join_link,
+            on_booking_changed=self._on_booking_changed,
+            events_emitted=self._dispatcher.wake,
+            ops=self,
+        )
+        self._api = build_api_app(self._store, hooks=hooks)
         await self.registry.start()
         self._serving = await self.bus.serve(ORCHESTRATOR_RPC, self._handle)
+        presence = PresenceConsumer(self.bus, self._store, on_events=self._dispatcher.wake)
+        self._presence_task = asyncio.create_task(presence.run(), name="orchestrator:presence")
+        self._leader = LeaderElector(self.bus, "orchestrator", self._provisioner.run, ttl_ms=self.config.leader_ttl_ms)
+        await self._leader.start()
 
     async def close(self) -> None:
+        if self._leader is not None:
+            await self._leader.close()
+            self._leader = None
         if self._serving is not None:
             await self._serving.close()
             self._serving = None
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._presence_task
+            self._presence_task = None
         await self.registry.close()
+        if self._dispatcher is not None:
+            await self._dispatcher.close()
+            self._dispatcher = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
 
     def health(self) -> dict[str, Any]:
-        return {"nodes": len(self.registry.nodes("media"))}
+        return {
+            "nodes": len(self.registry.nodes("media")),
+            "leader": bool(self._leader and self._leader.is_leader),
+        }
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._landing)
-        app.router.add_get("/v1/nodes", self._http_nodes)
-        for extend in self._extensions:
-            extend(self, app)
+        app.router.add_get("/dashboard", self._dashboard)
+        if DASHBOARD_DIR.is_dir():
+            app.router.add_static("/dashboard/", DASHBOARD_DIR, show_index=False, follow_symlinks=False)
+        if self._api is not None:
+            app.add_subapp("/v1", self._api)
 
     # ------------------------------------------------------------------------------------------ HTTP
     async def _landing(self, request: web.Request) -> web.Response:
@@ -104,16 +182,26 @@ class OrchestratorService(Service):
             ("Ops dashboard", "/dashboard"),
             ("API docs", "/v1/docs"),
             ("OpenAPI document", "/v1/openapi.json"),
-            ("Nodes", "/v1/nodes"),
             ("Metrics", "/metrics"),
         ]
         items = "".join(f'<li><a href="{href}">{label}</a></li>' for label, href in links)
         html = f"<!doctype html><title>classmesh orchestrator</title><h1>classmesh orchestrator</h1><ul>{items}</ul>"
         return web.Response(text=html, content_type="text/html")
 
-    async def _http_nodes(self, request: web.Request) -> web.Response:
+    async def _dashboard(self, request: web.Request) -> web.StreamResponse:
+        index = DASHBOARD_DIR / "index.html"
+        if not index.is_file():
+            raise web.HTTPNotFound(text="dashboard files are not installed")
+        return web.FileResponse(index, headers={"Cache-Control": "no-store"})
+
+    # ------------------------------------------------------------------------------------------ ops view
+    def _load(self, n: NodeInfo) -> float:
+        reserved = self.reservations.per_node().get(n.node_id, 0)
+        return round((n.heartbeat.streams + reserved) / max(1, n.heartbeat.capacity_streams), 4)
+
+    def nodes(self) -> dict[str, Any]:
         now = time.monotonic()
-        body = [
+        items = [
             {
                 "node_id": n.node_id,
                 "kind": n.heartbeat.kind,
@@ -125,12 +213,61 @@ class OrchestratorService(Service):
                 "participants": n.heartbeat.participants,
                 "streams": n.heartbeat.streams,
                 "capacity_streams": n.heartbeat.capacity_streams,
+                "load": self._load(n),
                 "cpu": n.heartbeat.cpu,
                 "last_seen_s": round(now - n.last_seen, 3),
             }
             for n in sorted(self.registry.nodes(), key=lambda n: (n.heartbeat.kind, n.node_id))
         ]
-        return web.json_response({"items": body})
+        imbalance: dict[str, float] = {}
+        threshold = float(getattr(self.node_selector, "hot_threshold", 0.8))
+        for region in self.regions:
+            loads = [self._load(n) for n in self.registry.nodes("media") if n.region == region.name and n.serving]
+            if loads:
+                imbalance[region.name] = round(max(loads) - min(loads), 4)
+        hot = [n.node_id for n in self.registry.nodes("media") if self._load(n) >= threshold]
+        return {"items": items, "imbalance": imbalance, "hot_nodes": hot}
+
+    async def forecast(self, hours: int) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        sessions = await self.store.sessions_between(now, now + timedelta(hours=hours))
+        regions_of: dict[str, str] = {}
+        for s in sessions:
+            regions_of[s.session_id] = s.region or await self.provisioner.choose_region(s)
+        serving: dict[str, int] = {}
+        for n in self.registry.nodes("media"):
+            if n.serving:
+                serving[n.region] = serving.get(n.region, 0) + 1
+        return forecast(
+            sessions, lambda s: regions_of[s.session_id], self.regions, now=now, hours=hours, nodes_serving=serving
+        )
+
+    # ------------------------------------------------------------------------------------------ hooks
+    async def _mint_join_link(self, session: Session, participant_id: str, role: str) -> tuple[str, str, datetime]:
+        expires = max(session.end, datetime.now(UTC)) + self.config.join_link_grace
+        name = participant_id
+        if role == "instructor":
+            with contextlib.suppress(Exception):
+                name = (await self.store.get_instructor(participant_id)).name
+        elif role == "student":
+            with contextlib.suppress(Exception):
+                name = (await self.store.get_student(participant_id)).name
+        token = self.issuer.mint(
+            room=session.session_id,
+            identity=participant_id,
+            name=name,
+            role=role,
+            ttl_s=(expires - datetime.now(UTC)).total_seconds(),
+            region=session.region,
+        )
+        url = f"{self.config.signaling_url.rstrip('/')}/room/{session.session_id}?token={token}"
+        return url, token, expires.replace(microsecond=0)
+
+    async def _on_booking_changed(self, change: BookingChange) -> None:
+        await self.provisioner.booking_changed(change)
+        # a session that must start within the lead time is provisioned now rather than at the next round
+        if change.kind in ("created", "rescheduled") and self._leader is not None and self._leader.is_leader:
+            await self.provisioner.provision_due()
 
     # ------------------------------------------------------------------------------------------ placement
     async def _handle(self, payload: Payload) -> Payload:
@@ -156,6 +293,9 @@ class OrchestratorService(Service):
         info = self.registry.get(node_id)
         return info if info is not None and info.heartbeat.kind == "media" else None
 
+    async def _place_session(self, room_id: str, region: str, participants: int) -> str:
+        return await self.ensure_room(room_id, region=region, participants=participants)
+
     async def ensure_room(
         self,
         room_id: str,
@@ -180,16 +320,12 @@ class OrchestratorService(Service):
         nodes = [n for n in self.registry.nodes("media") if n.node_id not in exclude]
         demand = room_demand_streams(participants)
         reserved = self.reservations.per_node()
-        order = [region] if region else []
-        # fall back to the other regions, nearest first, when the preferred one is full
         if region:
             home = self.regions.get(region)
-            order += sorted(
-                (r.name for r in self.regions if r.name != region),
-                key=lambda name: home.distance_km(self.regions.get(name).lat, self.regions.get(name).lon),
-            )
+            others = sorted((r for r in self.regions if r.name != region), key=lambda r: home.distance_km(r.lat, r.lon))
+            order = [region, *(r.name for r in others)]  # nearest other region when the preferred one is full
         else:
-            order += [r.name for r in self.regions]
+            order = [r.name for r in self.regions]
         for name in order:
             in_region = [n for n in nodes if n.region == name]
             if not in_region:
@@ -215,6 +351,16 @@ class OrchestratorService(Service):
         )
         logger.info("room=%s placed node=%s region=%s", room_id, node.node_id, node.region)
 
+    async def close_room(self, room_id: str) -> None:
+        node_id = await self.bus.kv_get(room_key(room_id))
+        if node_id is None:
+            return
+        with contextlib.suppress(BusError):
+            await self.bus.request(node_rpc(node_id), {"op": "close_room", "room_id": room_id}, timeout=3.0)
+        await self.bus.kv_delete(room_key(room_id), if_value=node_id)
+        self.reservations.release(room_id)
+        self._placing.pop(room_id, None)
+
     async def _on_node_dead(self, info: NodeInfo) -> None:
         if info.heartbeat.kind != "media":
             return
@@ -227,6 +373,8 @@ class OrchestratorService(Service):
                 logger.error("room=%s lost with node=%s and could not be re-placed: %s", room_id, info.node_id, exc)
                 continue
             logger.warning("room=%s moved from dead node=%s to node=%s", room_id, info.node_id, node_id)
+            with contextlib.suppress(Exception):
+                await self.store.update_session(room_id, node_id=node_id)
             await self.bus.publish(
                 room_channel(room_id),
                 {"type": "moved", "room_id": room_id, "node_id": node_id, "reason": "node_failed"},

@@ -168,7 +168,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Any]:
         orchestrator = next(h for h in started if h.service.name == "orchestrator")
         # placement needs the node's first heartbeat
         registry = orchestrator.service.registry  # type: ignore[attr-defined]
-        assert await registry.wait_for(lambda r: len(r.nodes("media")) == 1, 5)
+        assert await registry.wait_for(lambda r: any(n.serving for n in r.nodes("media")), 5)
         yield built
     finally:
         for host in reversed(started):

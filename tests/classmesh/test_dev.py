@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -81,12 +82,20 @@ def read_until_ready(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
     raise AssertionError(f"classmesh dev was not ready within {timeout}s:\n{''.join(out)}\n{stderr[-3000:]}")
 
 
-def get(url: str) -> tuple[int, str]:
+def get(url: str, key: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+
+
+def media_nodes(body: str) -> int:
+    try:
+        return sum(1 for n in json.loads(body)["items"] if n["kind"] == "media" and n["state"] == "serving")
+    except (ValueError, KeyError):
+        return 0
 
 
 def stop(proc: subprocess.Popen[str], timeout: float = 10.0) -> tuple[int, float, str]:
@@ -124,14 +133,17 @@ def test_dev_starts_everything_prints_urls_and_stops_cleanly(tmp_path: Path) -> 
             assert status == 200
             names = {f.name for f in text_string_to_metric_families(text)}
             assert "classmesh_service_state" in names
-        # the orchestrator sees both media nodes through their heartbeats
+        # the orchestrator sees both media nodes through their heartbeats (ops API, with the dev admin key)
+        key = (tmp_path / "var" / "dev-api-key").read_text().strip()
+        assert key in out
+        assert get(f"http://127.0.0.1:{base}/v1/nodes")[0] == 401
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            status, body = get(f"http://127.0.0.1:{base}/v1/nodes")
-            if body.count('"kind": "media"') == 2:
+            status, body = get(f"http://127.0.0.1:{base}/v1/nodes", key)
+            if media_nodes(body) == 2:
                 break
             time.sleep(0.2)
-        assert body.count('"kind": "media"') == 2, body
+        assert media_nodes(body) == 2, body
     finally:
         code, took, stderr = stop(proc)
     assert code == 0, stderr[-3000:]
@@ -159,12 +171,13 @@ def test_dev_over_redis(tmp_path: Path, redis_server) -> None:  # type: ignore[n
         assert "redis" in out
         deadline = time.monotonic() + 5
         body = ""
+        key = (tmp_path / "var" / "dev-api-key").read_text().strip()
         while time.monotonic() < deadline:
-            _, body = get(f"http://127.0.0.1:{base}/v1/nodes")
-            if '"kind": "media"' in body:
+            _, body = get(f"http://127.0.0.1:{base}/v1/nodes", key)
+            if media_nodes(body) == 1:
                 break
             time.sleep(0.2)
-        assert '"kind": "media"' in body
+        assert media_nodes(body) == 1, body
     finally:
         code, _, stderr = stop(proc)
     assert code == 0, stderr[-3000:]

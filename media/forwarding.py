@@ -1,0 +1,488 @@
+"""The one place that reaches into aiortc's and aioice's private internals.
+
+aiortc (pinned to 1.16.0 in pyproject.toml) gives the SFU ICE, DTLS, SRTP and SDP; everything
+else happens below its public API, and only here:
+
+* :class:`ReceiverTap` replaces ``RTCRtpReceiver._handle_rtp_packet`` on one receiver instance
+  (aiortc's RTP router looks the method up on the instance). The replacement keeps the
+  bookkeeping aiortc's own path does for the publisher leg (receiver statistics behind its RTCP
+  receiver reports, RTX unwrapping, its NACK generator, its REMB estimator) and hands the packet
+  to the forwarder instead of depacketising, buffering and decoding it. It also wraps
+  ``_handle_rtcp_packet`` to learn the publisher's sender reports, and exposes the receiver's
+  private ``_send_rtcp_pli``/``_send_rtcp_nack``.
+* :class:`SenderTap` turns an ``RTCRtpSender`` of a subscriber connection into a raw RTP output:
+  its ``_run_rtp`` loop (which would call ``track.recv()`` and encode) is replaced by an idle
+  coroutine, its ``_run_rtcp`` loop (zero-count sender reports) by one that sends the reports the
+  forwarder builds, and its ``_handle_rtcp_packet`` hands subscriber RTCP (NACK, PLI, FIR, REMB,
+  RR) to the forwarder. Packets leave through ``sender.transport._send_rtp``.
+* :func:`configure_ice` sets, process-wide, the host addresses aioice gathers candidates on and
+  optionally a UDP port range for the sockets it binds.
+
+``check_internals()`` asserts that every attribute used here still exists; tests/media/
+test_forwarding.py calls it and exercises each hook so an aiortc upgrade fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import rtcrtpreceiver as _aiortc_receiver
+from aiortc import rtp as _aiortc_rtp
+from aiortc.codecs import is_rtx
+from aiortc.rtcrtpparameters import RTCRtpSendParameters
+
+from .errors import InternalsChangedError
+from .rtp import ExtensionIds, RtpPacketLike, SenderReport
+
+logger = logging.getLogger(__name__)
+
+RtpHandler = Callable[[RtpPacketLike, float], Awaitable[None]]
+RtcpHandler = Callable[[bytes], Awaitable[None]]
+
+_R = "_RTCRtpReceiver__"
+_S = "_RTCRtpSender__"
+_RECEIVER_ATTRS = (
+    "_handle_rtp_packet",
+    "_handle_rtcp_packet",
+    "_send_rtcp",
+    "_send_rtcp_nack",
+    "_send_rtcp_pli",
+    "_enabled",
+    f"{_R}codecs",
+    f"{_R}remote_streams",
+    f"{_R}rtx_ssrc",
+    f"{_R}nack_generator",
+    f"{_R}remote_bitrate_estimator",
+    f"{_R}rtcp_ssrc",
+)
+_SENDER_ATTRS = (
+    "_ssrc",
+    "_rtx_ssrc",
+    "_stream_id",
+    "_track_id",
+    "_run_rtp",
+    "_run_rtcp",
+    "_handle_rtcp_packet",
+    "send",
+    f"{_S}rtp_started",
+    f"{_S}rtp_exited",
+    f"{_S}rtcp_started",
+    f"{_S}rtcp_exited",
+)
+
+
+async def check_internals() -> None:
+    """Raise :class:`InternalsChangedError` if aiortc/aioice lack an internal this module uses."""
+    from aiortc import RTCPeerConnection
+
+    missing: list[str] = []
+    pc = RTCPeerConnection(rtc_configuration())
+    try:
+        transceiver = pc.addTransceiver("video", direction="sendrecv")
+        for name in _RECEIVER_ATTRS:
+            if not hasattr(transceiver.receiver, name):
+                missing.append(f"RTCRtpReceiver.{name}")
+        for name in _SENDER_ATTRS:
+            if not hasattr(transceiver.sender, name):
+                missing.append(f"RTCRtpSender.{name}")
+        transport = transceiver.sender.transport
+        for name in ("_send_rtp", "_rtp_router", "_handle_rtp_data", "state"):
+            if not hasattr(transport, name):
+                missing.append(f"RTCDtlsTransport.{name}")
+        for name in ("_codecs", "_headerExtensions"):
+            if not hasattr(transceiver, name):
+                missing.append(f"RTCRtpTransceiver.{name}")
+    finally:
+        await pc.close()
+    connection = aioice.ice.Connection(ice_controlling=True)
+    if not isinstance(getattr(connection, "_protocols", None), list):
+        missing.append("aioice.ice.Connection._protocols")
+    for module, name in (
+        (aioice.ice, "get_host_addresses"),
+        (aioice.ice, "StunProtocol"),
+        (aioice.ice.Connection, "get_component_candidates"),
+        (_aiortc_rtp, "unwrap_rtx"),
+        (_aiortc_rtp, "pack_remb_fci"),
+        (_aiortc_rtp, "RtcpSrPacket"),
+        (_aiortc_receiver, "StreamStatistics"),
+    ):
+        if not hasattr(module, name):
+            missing.append(f"{getattr(module, '__name__', module)}.{name}")
+    if missing:
+        raise InternalsChangedError("aiortc/aioice internals changed: " + ", ".join(missing))
+
+
+# -- ICE -----------------------------------------------------------------------------------------
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_original_get_component_candidates = aioice.ice.Connection.get_component_candidates
+
+
+@dataclass(frozen=True, slots=True)
+class IceSettings:
+    host_addresses: tuple[str, ...] | None = None
+    port_range: tuple[int, int] | None = None
+
+
+_ice = IceSettings()
+
+
+def configure_ice(addresses: Sequence[str] | None, port_range: tuple[int, int] | None = None) -> None:
+    """Set, for the whole process, the addresses aioice binds and announces as host candidates
+    (``None`` restores aioice's interface scan) and a UDP port range for those sockets.
+
+    Tests use ``["127.0.0.1"]``; production passes the node's public (or 1:1 NATed) address.
+    Call before creating peer connections. With a port range, host sockets are bound by this
+    module (at a random free port in the range) and no server-reflexive query is made for them;
+    the SFU announces its configured address instead of asking a STUN server.
+    """
+    global _ice
+    if port_range is not None:
+        lo, hi = port_range
+        if not (0 < lo <= hi <= 65535):
+            raise ValueError(f"invalid port range {port_range}")
+    _ice = IceSettings(tuple(addresses) if addresses is not None else None, port_range)
+    if addresses is None:
+        aioice.ice.get_host_addresses = _original_get_host_addresses  # type: ignore[attr-defined]
+    else:
+        chosen = list(addresses)
+
+        def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+            return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+        aioice.ice.get_host_addresses = get_host_addresses  # type: ignore[attr-defined]
+    if port_range is None:
+        aioice.ice.Connection.get_component_candidates = _original_get_component_candidates  # type: ignore[method-assign]
+    else:
+        aioice.ice.Connection.get_component_candidates = _ranged_component_candidates  # type: ignore[method-assign]
+
+
+def ice_settings() -> IceSettings:
+    return _ice
+
+
+async def _ranged_component_candidates(
+    self: aioice.ice.Connection,
+    component: int,
+    addresses: list[str],
+    timeout: int = 5,
+) -> list[Candidate]:
+    # STUN/TURN candidates (if configured) come from aioice; host sockets are bound here.
+    candidates: list[Candidate] = await _original_get_component_candidates(self, component, [], timeout)
+    assert _ice.port_range is not None
+    lo, hi = _ice.port_range
+    loop = asyncio.get_running_loop()
+    for address in addresses:
+        ports = list(range(lo, hi + 1))
+        random.shuffle(ports)
+        for port in ports:
+            try:
+                transport, protocol = await loop.create_datagram_endpoint(
+                    lambda: aioice.ice.StunProtocol(self), local_addr=(address, port)
+                )
+            except OSError:
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+            host, bound_port = transport.get_extra_info("sockname")[:2]
+            protocol.local_candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=host,
+                port=bound_port,
+                type="host",
+            )
+            self._protocols.append(protocol)
+            candidates.append(protocol.local_candidate)
+            break
+        else:
+            logger.warning("address=%s no free UDP port in range %d-%d", address, lo, hi)
+    return candidates
+
+
+def rtc_configuration() -> RTCConfiguration:
+    """A configuration that never contacts a STUN/TURN server (aiortc defaults to Google's) and
+    bundles every m-section on one ICE/DTLS transport (one UDP socket per peer connection)."""
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+# -- publisher side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CodecInfo:
+    payload_type: int
+    mime_type: str  # e.g. "video/VP8"
+    clock_rate: int
+    parameters: tuple[tuple[str, str], ...]
+    rtx_payload_type: int | None
+
+    @property
+    def name(self) -> str:
+        return self.mime_type.split("/", 1)[1].lower()
+
+
+def transceiver_codecs(transceiver: RTCRtpTransceiver) -> list[CodecInfo]:
+    """Negotiated media codecs of a transceiver (RTX folded into ``rtx_payload_type``)."""
+    codecs = list(transceiver._codecs)
+    rtx = {c.parameters.get("apt"): c.payloadType for c in codecs if is_rtx(c)}
+    return [
+        CodecInfo(
+            payload_type=int(c.payloadType or 0),
+            mime_type=c.mimeType,
+            clock_rate=c.clockRate,
+            parameters=tuple(sorted((str(k), str(v)) for k, v in c.parameters.items())),
+            rtx_payload_type=rtx.get(c.payloadType),
+        )
+        for c in codecs
+        if not is_rtx(c)
+    ]
+
+
+def transceiver_extensions(transceiver: RTCRtpTransceiver) -> ExtensionIds:
+    return ExtensionIds.from_uris((e.id, e.uri) for e in transceiver._headerExtensions)
+
+
+class ReceiverTap:
+    """Takes a publisher receiver's RTP before aiortc depacketises or decodes it."""
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        on_rtp: RtpHandler,
+        on_sender_report: Callable[[SenderReport], None],
+    ) -> None:
+        self._receiver = receiver
+        self._on_rtp = on_rtp
+        self._on_sender_report = on_sender_report
+        self._original_rtcp = receiver._handle_rtcp_packet
+        self._closed = False
+        receiver._handle_rtp_packet = self._handle_rtp  # type: ignore[method-assign]
+        receiver._handle_rtcp_packet = self._handle_rtcp  # type: ignore[method-assign]
+
+    async def _handle_rtp(self, packet: Any, arrival_time_ms: int) -> None:
+        r = self._receiver
+        if self._closed or not r._enabled:
+            return
+        d = r.__dict__
+        codecs = d[f"{_R}codecs"]
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        estimator = d[f"{_R}remote_bitrate_estimator"]
+        rtcp_ssrc = d[f"{_R}rtcp_ssrc"]
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(
+                abs_send_time=packet.extensions.abs_send_time,
+                arrival_time_ms=arrival_time_ms,
+                payload_size=len(packet.payload) + packet.padding_size,
+                ssrc=packet.ssrc,
+            )
+            if rtcp_ssrc is not None and remb is not None:
+                fb = _aiortc_rtp.RtcpPsfbPacket(
+                    fmt=_aiortc_rtp.RTCP_PSFB_APP,
+                    ssrc=rtcp_ssrc,
+                    media_ssrc=0,
+                    fci=_aiortc_rtp.pack_remb_fci(*remb),
+                )
+                await r._send_rtcp(fb)
+        streams = d[f"{_R}remote_streams"]
+        stats = streams.get(packet.ssrc)
+        if stats is None:
+            stats = streams[packet.ssrc] = _aiortc_receiver.StreamStatistics(codec.clockRate)
+        stats.add(packet)
+        if is_rtx(codec):
+            original_ssrc = d[f"{_R}rtx_ssrc"].get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or len(packet.payload) < 2 or apt not in codecs:
+                return
+            packet = _aiortc_rtp.unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+        nack = d[f"{_R}nack_generator"]
+        if nack is not None and nack.add(packet):
+            await r._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
+        await self._on_rtp(packet, arrival_time_ms / 1000.0)
+
+    async def _handle_rtcp(self, packet: Any) -> None:
+        await self._original_rtcp(packet)
+        if isinstance(packet, _aiortc_rtp.RtcpSrPacket) and not self._closed:
+            info = packet.sender_info
+            self._on_sender_report(
+                SenderReport(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp, info.packet_count, info.octet_count)
+            )
+
+    async def send_pli(self, media_ssrc: int) -> None:
+        await self._receiver._send_rtcp_pli(media_ssrc)
+
+    async def send_nack(self, media_ssrc: int, lost: Sequence[int]) -> None:
+        await self._receiver._send_rtcp_nack(media_ssrc, list(lost))
+
+    def close(self) -> None:
+        self._closed = True
+
+
+# -- subscriber side -----------------------------------------------------------------------------
+
+
+class SenderTap:
+    """Turns a subscriber connection's ``RTCRtpSender`` into a raw RTP output.
+
+    ``sender_reports`` is called about once a second once the sender runs and returns the RTCP
+    (SR, SDES) to send, or None. ``on_rtcp`` receives every RTCP packet aiortc routed to this
+    sender, re-serialized (parse it with :func:`media.rtp.parse_rtcp`).
+    """
+
+    def __init__(
+        self,
+        transceiver: RTCRtpTransceiver,
+        on_rtcp: RtcpHandler,
+        sender_reports: Callable[[], bytes | None],
+        interval: float = 1.0,
+    ) -> None:
+        self._transceiver = transceiver
+        sender = transceiver.sender
+        self._sender = sender
+        self._on_rtcp = on_rtcp
+        self._sender_reports = sender_reports
+        self._interval = interval
+        self._original_send = sender.send
+        self.parameters: RTCRtpSendParameters | None = None
+        self.started = asyncio.Event()
+        sender._run_rtp = self._idle_rtp  # type: ignore[method-assign]
+        sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
+        sender._handle_rtcp_packet = self._handle_rtcp  # type: ignore[method-assign]
+        sender.send = self._send_parameters  # type: ignore[method-assign]
+
+    @property
+    def ssrc(self) -> int:
+        return int(self._sender._ssrc)
+
+    @property
+    def rtx_ssrc(self) -> int:
+        return int(self._sender._rtx_ssrc)
+
+    @property
+    def mid(self) -> str | None:
+        return self._transceiver.mid
+
+    @property
+    def codecs(self) -> list[CodecInfo]:
+        return transceiver_codecs(self._transceiver)
+
+    @property
+    def extensions(self) -> ExtensionIds:
+        return transceiver_extensions(self._transceiver)
+
+    @property
+    def connected(self) -> bool:
+        return self.started.is_set() and self._sender.transport.state == "connected"
+
+    def set_msid(self, stream_id: str, track_id: str) -> None:
+        """Set what the next offer announces as ``a=msid:<stream_id> <track_id>`` for this sender."""
+        self._sender._stream_id = stream_id
+        self._sender._track_id = track_id
+
+    async def send(self, data: bytes) -> None:
+        """Send one RTP or RTCP packet (SRTP-protected by aiortc); silently dropped if not connected."""
+        try:
+            await self._sender.transport._send_rtp(data)
+        except ConnectionError:
+            pass
+
+    async def _send_parameters(self, parameters: RTCRtpSendParameters) -> None:
+        self.parameters = parameters
+        await self._original_send(parameters)
+        self.started.set()
+
+    async def _idle_rtp(self, codec: Any) -> None:
+        d = self._sender.__dict__
+        d[f"{_S}rtp_started"].set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        d[f"{_S}rtp_exited"].set()
+
+    async def _run_rtcp(self) -> None:
+        d = self._sender.__dict__
+        d[f"{_S}rtcp_started"].set()
+        try:
+            while True:
+                await asyncio.sleep(self._interval * (0.5 + random.random()))
+                try:
+                    data = self._sender_reports()
+                    if data:
+                        await self.send(data)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("sender report failed ssrc=%d", self.ssrc)
+        except asyncio.CancelledError:
+            pass
+        d[f"{_S}rtcp_exited"].set()
+
+    async def _handle_rtcp(self, packet: Any) -> None:
+        try:
+            await self._on_rtcp(bytes(packet))
+        except Exception:
+            logger.exception("subscriber RTCP handling failed ssrc=%d", self.ssrc)
+
+
+# -- helpers for test clients (aiortc peers standing in for browsers) ----------------------------
+
+PacketObserver = Callable[[Any], None]
+
+
+def observe_receiver(receiver: RTCRtpReceiver, observer: PacketObserver, *, passthrough: bool = True) -> None:
+    """Call ``observer(packet)`` for every RTP packet routed to ``receiver`` (RTX included, before
+    unwrapping). With ``passthrough=False`` aiortc never sees the packet (no NACK, no decode)."""
+    original = receiver._handle_rtp_packet
+
+    async def handle(packet: Any, arrival_time_ms: int) -> None:
+        observer(packet)
+        if passthrough:
+            await original(packet, arrival_time_ms=arrival_time_ms)
+
+    receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+
+def observe_receiver_rtcp(receiver: RTCRtpReceiver, observer: Callable[[bytes], None]) -> None:
+    """Call ``observer(raw_rtcp)`` for every RTCP packet routed to ``receiver`` (e.g. SRs)."""
+    original = receiver._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        observer(bytes(packet))
+        await original(packet)
+
+    receiver._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+def observe_sender_rtcp(sender: RTCRtpSender, observer: Callable[[bytes], None]) -> None:
+    """Call ``observer(raw_rtcp)`` for every RTCP packet routed to ``sender`` (e.g. PLIs)."""
+    original = sender._handle_rtcp_packet
+
+    async def handle(packet: Any) -> None:
+        observer(bytes(packet))
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
+
+
+async def send_raw_rtcp(transceiver: RTCRtpTransceiver, data: bytes) -> None:
+    """Send raw RTCP on a transceiver's DTLS transport."""
+    await transceiver.receiver.transport._send_rtp(data)
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    return int(sender._ssrc)

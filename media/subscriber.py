@@ -1,0 +1,252 @@
+"""The subscriber peer connection of one participant: the SFU offers, the client answers.
+
+States: idle (nothing to negotiate) → offering (an offer is out, waiting for the answer) → idle;
+closed. One negotiation is in flight at a time; changes made meanwhile are offered again right
+after the answer arrives.
+
+Each remote track the participant receives gets one sendonly transceiver (an ``OutputSlot``).
+aiortc has no ``removeTrack``: when a track goes away its transceiver is made inactive and reused
+for the next track of the same kind.
+
+The offer labels every m-section with its publisher, in the standard msid attribute::
+
+    a=msid:<publisher participant_id> <source>:<track_id>
+
+where ``source`` is ``camera``, ``microphone`` or ``screen``. Inactive m-sections keep the label of
+the track they showed last and must be ignored by the client.
+
+Bandwidth: REMB estimates from the client are compared with each forwarded video track's
+measured bitrate; below it for ``pause_after`` seconds, video to this participant pauses (audio
+keeps flowing); at or above 1.2x for ``resume_after`` seconds it resumes from a keyframe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from .errors import NegotiationError
+from .events import Quality
+from .forwarding import rtc_configuration
+from .metrics import NodeMetrics
+from .track import NodeLimits, OutputSlot, PublishedTrack
+
+logger = logging.getLogger(__name__)
+
+
+class Subscriber:
+    def __init__(
+        self,
+        participant_id: str,
+        *,
+        metrics: NodeMetrics,
+        on_offer: Callable[[str], None],
+        on_quality: Callable[[Quality, float, float | None], None],
+        limits: NodeLimits | None = None,
+        rtc_configuration: RTCConfiguration | None = None,
+        pause_after: float = 2.0,
+        resume_after: float = 1.0,
+        on_failed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.participant_id = participant_id
+        self._metrics = metrics
+        self._on_offer = on_offer
+        self._on_quality = on_quality
+        self._limits = limits
+        self._config = rtc_configuration
+        self._pc: RTCPeerConnection | None = None
+        self._slots: list[OutputSlot] = []
+        self._by_track: dict[str, OutputSlot] = {}
+        self._offering = False
+        self._dirty = False
+        self._closed = False
+        self._lock = asyncio.Lock()
+        self.pause_after = pause_after
+        self.resume_after = resume_after
+        self.remb: int | None = None
+        self._below_since: float | None = None
+        self._above_since: float | None = None
+        self.video_paused = False
+        self.quality: Quality = "excellent"
+        self.rejected = 0
+        self._on_failed = on_failed
+
+    @property
+    def slots(self) -> tuple[OutputSlot, ...]:
+        return tuple(self._slots)
+
+    @property
+    def offering(self) -> bool:
+        return self._offering
+
+    def slot_for(self, track_id: str) -> OutputSlot | None:
+        return self._by_track.get(track_id)
+
+    @property
+    def forwarded(self) -> int:
+        return len(self._by_track)
+
+    def _connection(self) -> RTCPeerConnection:
+        if self._pc is None:
+            self._pc = RTCPeerConnection(self._config or rtc_configuration())
+
+            @self._pc.on("connectionstatechange")
+            def _state() -> None:
+                assert self._pc is not None
+                logger.info("participant=%s subscriber connection=%s", self.participant_id, self._pc.connectionState)
+
+        return self._pc
+
+    def add_track(self, track: PublishedTrack) -> bool:
+        """Start forwarding ``track`` (takes effect with the next offer). False if the node is full."""
+        if self._closed or track.track_id in self._by_track:
+            return False
+        if self._limits is not None and not self._limits.try_acquire():
+            self.rejected += 1
+            self._metrics.forward_rejected.inc()
+            logger.warning(
+                "participant=%s track=%s not forwarded: node stream limit",
+                self.participant_id,
+                track.track_id,
+            )
+            return False
+        slot = next((s for s in self._slots if s.track is None and s.kind == track.kind), None)
+        if slot is None:
+            transceiver = self._connection().addTransceiver(track.kind, direction="sendonly")
+            slot = OutputSlot(transceiver, track.kind, self._metrics, self._handle_remb, self._handle_report)
+            self._slots.append(slot)
+        slot.transceiver.direction = "sendonly"
+        slot.tap.set_msid(track.participant_id, f"{track.source}:{track.track_id}")
+        slot.assign(track)
+        if self.video_paused and track.kind == "video":
+            slot.set_paused(True)
+        self._by_track[track.track_id] = slot
+        self._metrics.kind(track.kind).forwarded_tracks.inc()
+        return True
+
+    def remove_track(self, track: PublishedTrack) -> bool:
+        slot = self._by_track.pop(track.track_id, None)
+        if slot is None:
+            return False
+        slot.assign(None)
+        slot.transceiver.direction = "inactive"
+        if self._limits is not None:
+            self._limits.release()
+        self._metrics.kind(track.kind).forwarded_tracks.dec()
+        return True
+
+    async def negotiate(self) -> None:
+        """Send a new offer if anything changed and no negotiation is in flight."""
+        async with self._lock:
+            if self._closed or not self._slots:
+                return
+            if self._offering:
+                self._dirty = True
+                return
+            pc = self._connection()
+            offer = await pc.createOffer()
+            await pc.setLocalDescription(offer)
+            self._offering = True
+            self._dirty = False
+            self._on_offer(pc.localDescription.sdp)
+
+    async def handle_answer(self, sdp: str) -> None:
+        async with self._lock:
+            if self._closed:
+                return
+            if not self._offering or self._pc is None:
+                raise NegotiationError("no subscriber offer is waiting for an answer")
+            try:
+                await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            except Exception as exc:  # aiortc raises several types for bad SDP
+                raise NegotiationError(f"invalid subscriber answer: {exc}") from exc
+            self._offering = False
+            for slot in self._slots:
+                slot.refresh()
+        if self._dirty:
+            await self.negotiate()
+
+    def request_keyframes(self) -> None:
+        for slot in self._slots:
+            if slot.track is not None and slot.kind == "video":
+                slot.restart()
+                slot.track.request_keyframe()
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    def _video_bitrate(self) -> float:
+        return sum(s.track.bitrate.bps for s in self._slots if s.track is not None and s.kind == "video")
+
+    def _handle_remb(self, bitrate: int) -> None:
+        now = time.monotonic()
+        self.remb = bitrate
+        needed = self._video_bitrate()
+        if needed <= 0:
+            return
+        if not self.video_paused:
+            if bitrate < needed:
+                self._below_since = self._below_since if self._below_since is not None else now
+                if now - self._below_since >= self.pause_after:
+                    self._set_video_paused(True)
+            else:
+                self._below_since = None
+        else:
+            if bitrate >= needed * 1.2:
+                self._above_since = self._above_since if self._above_since is not None else now
+                if now - self._above_since >= self.resume_after:
+                    self._set_video_paused(False)
+            else:
+                self._above_since = None
+
+    def _set_video_paused(self, paused: bool) -> None:
+        self.video_paused = paused
+        self._below_since = None
+        self._above_since = None
+        if paused:
+            self._metrics.video_pauses.inc()
+        logger.info(
+            "participant=%s video %s (remb=%s)",
+            self.participant_id,
+            "paused" if paused else "resumed",
+            self.remb,
+        )
+        for slot in self._slots:
+            if slot.kind == "video":
+                slot.set_paused(paused)
+        self._update_quality()
+
+    def _handle_report(self, loss: float, rtt: float | None) -> None:
+        self._update_quality()
+
+    def _update_quality(self) -> None:
+        active = [s for s in self._slots if s.track is not None]
+        loss = max((s.loss for s in active), default=0.0)
+        rtts = [s.rtt for s in active if s.rtt is not None]
+        rtt = max(rtts) if rtts else None
+        if self.video_paused or loss > 0.1 or (rtt is not None and rtt > 0.4):
+            quality: Quality = "poor"
+        elif loss > 0.02 or (rtt is not None and rtt > 0.15):
+            quality = "good"
+        else:
+            quality = "excellent"
+        if quality != self.quality:
+            self.quality = quality
+            self._on_quality(quality, loss, rtt * 1000 if rtt is not None else None)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for slot in self._slots:
+            if slot.track is not None and self._limits is not None:
+                self._limits.release()
+            if slot.track is not None:
+                self._metrics.kind(slot.kind).forwarded_tracks.dec()
+            slot.close()
+        self._by_track.clear()
+        if self._pc is not None:
+            await self._pc.close()

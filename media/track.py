@@ -1,0 +1,453 @@
+"""Published tracks and their outputs: the forwarding core.
+
+``PublishedTrack`` (mediasoup's Producer): one track a participant publishes. States:
+pending (no packet yet) → live → closed. It caches recent packets for NACKs, measures its
+bitrate, reads audio levels, detects keyframes and fans each packet out to its outputs. Keyframe
+requests to the publisher are throttled to one per ``pli_interval``; a request inside the window
+is coalesced and sent when the window opens.
+
+``OutputSlot`` (mediasoup's Consumer): one sender on a subscriber connection. A slot shows one
+published track at a time and can be reassigned to another one; its ``SequenceRewriter`` keeps the
+sequence numbers and timestamps continuous across such switches. States: unassigned → waiting
+for a keyframe (video) → forwarding ⇄ paused (bandwidth) → closed.
+
+``NodeLimits``: the node-wide budget of forwarded streams, shared by all rooms of a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from . import rtp
+from .forwarding import CodecInfo, ReceiverTap, SenderTap
+from .metrics import NodeMetrics
+from .rtp import RtpPacketLike, SenderReport
+
+if TYPE_CHECKING:
+    from aiortc import RTCRtpReceiver, RTCRtpTransceiver
+
+logger = logging.getLogger(__name__)
+
+KIND_OF_SOURCE = {"camera": "video", "screen": "video", "microphone": "audio"}
+
+
+class NodeLimits:
+    """Node-wide limit on forwarded streams (one stream = one track to one subscriber)."""
+
+    def __init__(self, max_streams: int) -> None:
+        self.max_streams = max_streams
+        self._forwarded = 0
+
+    @property
+    def forwarded(self) -> int:
+        return self._forwarded
+
+    def try_acquire(self) -> bool:
+        if self._forwarded >= self.max_streams:
+            return False
+        self._forwarded += 1
+        return True
+
+    def release(self) -> None:
+        self._forwarded = max(0, self._forwarded - 1)
+
+
+class PublishedTrack:
+    def __init__(
+        self,
+        *,
+        track_id: str,
+        participant_id: str,
+        kind: str,
+        source: str,
+        codecs: list[CodecInfo],
+        metrics: NodeMetrics,
+        on_audio_level: Callable[[int, float], None] | None = None,
+        cache_size: int = 512,
+        pli_interval: float = 1.0,
+    ) -> None:
+        self.track_id = track_id
+        self.participant_id = participant_id
+        self.kind = kind
+        self.source = source
+        self.codecs = {c.payload_type: c for c in codecs}
+        self.clock_rate = codecs[0].clock_rate if codecs else (48000 if kind == "audio" else 90000)
+        self.cache = rtp.PacketCache(cache_size)
+        self.bitrate = rtp.BitrateMeter()
+        self.muted = False
+        self.media_ssrc: int | None = None
+        self.last_sr: SenderReport | None = None
+        self.last_sr_time = 0.0  # time.time() when last_sr arrived
+        self.packets = 0
+        self.keyframes = 0
+        self.plis_sent = 0
+        self.nacks_upstream = 0
+        self._metrics = metrics
+        self._kind_metrics = metrics.kind(kind)
+        self._on_audio_level = on_audio_level
+        self._outputs: list[OutputSlot] = []
+        self._tap: ReceiverTap | None = None
+        self._pli_interval = pli_interval
+        self._last_pli = -1e9
+        self._pli_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._kind_metrics.published_tracks.inc()
+
+    @property
+    def outputs(self) -> tuple[OutputSlot, ...]:
+        return tuple(self._outputs)
+
+    def attach(self, receiver: RTCRtpReceiver) -> None:
+        self._tap = ReceiverTap(receiver, self._on_rtp, self._on_sender_report)
+
+    def add_output(self, slot: OutputSlot) -> None:
+        if slot not in self._outputs:
+            self._outputs.append(slot)
+
+    def remove_output(self, slot: OutputSlot) -> None:
+        if slot in self._outputs:
+            self._outputs.remove(slot)
+
+    def codec_for(self, payload_type: int) -> CodecInfo | None:
+        return self.codecs.get(payload_type)
+
+    async def _on_rtp(self, packet: RtpPacketLike, arrival: float) -> None:
+        now = time.monotonic()
+        self.media_ssrc = packet.ssrc
+        self.packets += 1
+        self._kind_metrics.received_packets.inc()
+        self.cache.put(packet)
+        self.bitrate.add(len(packet.payload) + 12, now)
+        keyframe = False
+        if self.kind == "audio":
+            level = packet.extensions.audio_level
+            if level is not None and self._on_audio_level is not None and not self.muted:
+                self._on_audio_level(level[1], now)
+        else:
+            codec = self.codecs.get(packet.payload_type)
+            if codec is not None and rtp.is_keyframe(codec.name, packet.payload):
+                keyframe = True
+                self.keyframes += 1
+        if self.muted or not self._outputs:
+            return
+        send_time = rtp.abs_send_time(time.time())
+        sent = 0
+        octets = 0
+        for slot in tuple(self._outputs):
+            size = await slot.forward(packet, keyframe, now, send_time)
+            if size:
+                sent += 1
+                octets += size
+        if sent:  # one metric update per input packet, not per output
+            self._kind_metrics.forwarded_packets.inc(sent)
+            self._kind_metrics.forwarded_bytes.inc(octets)
+
+    def _on_sender_report(self, report: SenderReport) -> None:
+        self.last_sr = report
+        self.last_sr_time = time.time()
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (PLI), at most once per ``pli_interval``."""
+        if self.kind != "video" or self._closed:
+            return
+        now = time.monotonic()
+        wait = self._last_pli + self._pli_interval - now
+        if wait <= 0 and self.media_ssrc is not None:
+            self._send_pli(now)
+        elif self._pli_timer is None:
+            loop = asyncio.get_running_loop()
+            self._pli_timer = loop.call_later(max(wait, 0.05), self._pli_due)
+
+    def _pli_due(self) -> None:
+        self._pli_timer = None
+        self.request_keyframe()
+
+    def _send_pli(self, now: float) -> None:
+        if self._tap is None or self.media_ssrc is None:
+            return
+        self._last_pli = now
+        self.plis_sent += 1
+        self._metrics.plis_sent.inc()
+        self._spawn(self._tap.send_pli(self.media_ssrc))
+
+    def forward_nack(self, lost: list[int]) -> None:
+        """Ask the publisher to retransmit packets missing from the cache."""
+        if self._tap is None or self.media_ssrc is None or not lost:
+            return
+        self.nacks_upstream += len(lost)
+        self._metrics.nacks_forwarded.inc(len(lost))
+        self._spawn(self._tap.send_nack(self.media_ssrc, lost))
+
+    def set_muted(self, muted: bool) -> None:
+        if muted == self.muted:
+            return
+        self.muted = muted
+        if not muted:
+            for slot in self._outputs:
+                slot.restart()
+            self.request_keyframe()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._kind_metrics.published_tracks.dec()
+        if self._tap is not None:
+            self._tap.close()
+        if self._pli_timer is not None:
+            self._pli_timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._outputs.clear()
+
+
+def _match_codec(codec: CodecInfo, candidates: list[CodecInfo]) -> CodecInfo | None:
+    same = [c for c in candidates if c.mime_type.lower() == codec.mime_type.lower()]
+    if codec.name == "h264":
+        params = dict(codec.parameters)
+        mode = params.get("packetization-mode", "0")
+        same = [c for c in same if dict(c.parameters).get("packetization-mode", "0") == mode]
+        profile = params.get("profile-level-id", "")[:2]
+        preferred = [c for c in same if dict(c.parameters).get("profile-level-id", "")[:2] == profile]
+        same = preferred or same
+    return same[0] if same else None
+
+
+class OutputSlot:
+    """One sender of a subscriber connection, forwarding one published track at a time."""
+
+    def __init__(
+        self,
+        transceiver: RTCRtpTransceiver,
+        kind: str,
+        metrics: NodeMetrics,
+        on_remb: Callable[[int], None],
+        on_report: Callable[[float, float | None], None],
+    ) -> None:
+        self.kind = kind
+        self.transceiver = transceiver
+        self.tap = SenderTap(transceiver, self._on_rtcp, self._sender_reports)
+        self.track: PublishedTrack | None = None
+        self.paused = False
+        self.waiting_keyframe = False
+        self.packets_sent = 0
+        self.octets_sent = 0
+        self.nacks_received = 0
+        self.nacks_served = 0
+        self.retransmitted = 0
+        self.dropped_by_hook = 0
+        self.loss = 0.0
+        self.rtt: float | None = None
+        #: Test hook: called with each first-transmission output sequence number; True drops it.
+        self.drop: Callable[[int], bool] | None = None
+        self._metrics = metrics
+        self._kind_metrics = metrics.kind(kind)
+        self._on_remb = on_remb
+        self._on_report = on_report
+        clock = 48000 if kind == "audio" else 90000
+        self._rewriter = rtp.SequenceRewriter(clock, random.randrange(0x8000), random.getrandbits(32))
+        self._writer: rtp.RtpWriter | None = None
+        self._pt_map: dict[int, tuple[int, int | None]] = {}
+        self._rtx_seq = random.randrange(0x8000)
+        self._wait_since = 0.0
+        self._cname = ""
+        self._closed = False
+
+    @property
+    def ready(self) -> bool:
+        return self._writer is not None
+
+    def assign(self, track: PublishedTrack | None) -> None:
+        if self.track is not None:
+            self.track.remove_output(self)
+        self.track = track
+        self.paused = False
+        if track is None:
+            return
+        self._rewriter.set_clock_rate(track.clock_rate)
+        self._refresh_pt_map()
+        track.add_output(self)
+        self.restart()
+        track.request_keyframe()
+
+    def restart(self) -> None:
+        """Continue the output from a fresh point of the source (keyframe for video)."""
+        self._rewriter.switch()
+        self.waiting_keyframe = self.kind == "video"
+        self._wait_since = time.monotonic()
+
+    def refresh(self) -> None:
+        """Re-read negotiated parameters (call after each applied answer)."""
+        if not self.tap.started.is_set():
+            return
+        params = self.tap.parameters
+        self._cname = params.rtcp.cname or "" if params is not None else ""
+        self._writer = rtp.RtpWriter(self.tap.ssrc, self.tap.extensions, self.tap.mid)
+        self._refresh_pt_map()
+
+    def _refresh_pt_map(self) -> None:
+        self._pt_map = {}
+        if self.track is None or not self.tap.started.is_set():
+            return
+        mine = self.tap.codecs
+        for pt, codec in self.track.codecs.items():
+            match = _match_codec(codec, mine)
+            if match is not None:
+                self._pt_map[pt] = (match.payload_type, match.rtx_payload_type)
+
+    def original_seq(self, out_seq: int) -> int:
+        """The publisher's sequence number behind output sequence number ``out_seq``."""
+        return self._rewriter.original_seq(out_seq)
+
+    def set_paused(self, paused: bool) -> None:
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if not paused:
+            self.restart()
+            if self.track is not None:
+                self.track.request_keyframe()
+
+    async def forward(self, packet: RtpPacketLike, keyframe: bool, now: float, send_time: int) -> int:
+        """Send one packet of the assigned track; returns the bytes sent (0 if not sent)."""
+        if self._writer is None:
+            if not self.tap.started.is_set():
+                return 0
+            self.refresh()
+            if self._writer is None:
+                return 0
+        if self.paused:
+            return 0
+        if self.waiting_keyframe:
+            if not keyframe:
+                if now - self._wait_since >= 1.0 and self.track is not None:
+                    # the keyframe request (or its answer) was lost: ask again
+                    self._wait_since = now
+                    self.track.request_keyframe()
+                return 0
+            self.waiting_keyframe = False
+            self._rewriter.switch()
+        pts = self._pt_map.get(packet.payload_type)
+        if pts is None:
+            return 0
+        seq, ts = self._rewriter.rewrite(packet.sequence_number, packet.timestamp, now)
+        data = self._writer.build(packet, pts[0], seq, ts, send_time=send_time)
+        self.packets_sent += 1
+        self.octets_sent += len(packet.payload)
+        if self.drop is not None and self.drop(seq):
+            self.dropped_by_hook += 1
+            return 0
+        await self.tap.send(data)
+        return len(data)
+
+    async def _retransmit(self, out_seq: int) -> bool:
+        track = self.track
+        if track is None or self._writer is None:
+            return False
+        packet = track.cache.get(self._rewriter.original_seq(out_seq))
+        if packet is None:
+            return False
+        pts = self._pt_map.get(packet.payload_type)
+        if pts is None:
+            return False
+        ts = self._rewriter.output_ts(packet.timestamp)
+        pt, rtx_pt = pts
+        if rtx_pt is not None:
+            data = self._writer.build(
+                packet,
+                rtx_pt,
+                self._rtx_seq,
+                ts,
+                ssrc=self.tap.rtx_ssrc,
+                payload=out_seq.to_bytes(2, "big") + packet.payload,
+            )
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        else:
+            data = self._writer.build(packet, pt, out_seq, ts)
+        self.retransmitted += 1
+        await self.tap.send(data)
+        return True
+
+    async def _on_rtcp(self, data: bytes) -> None:
+        ssrc = self.tap.ssrc
+        for msg in rtp.parse_rtcp(data):
+            if isinstance(msg, rtp.Nack):
+                if msg.media_ssrc != ssrc:
+                    continue
+                self.nacks_received += len(msg.lost)
+                self._metrics.nacks_received.inc(len(msg.lost))
+                misses: list[int] = []
+                for out_seq in msg.lost:
+                    if await self._retransmit(out_seq):
+                        self.nacks_served += 1
+                        self._metrics.nacks_served.inc()
+                    else:
+                        misses.append(self._rewriter.original_seq(out_seq))
+                if misses and self.track is not None:
+                    self.track.forward_nack(misses)
+            elif isinstance(msg, rtp.Pli) and msg.media_ssrc == ssrc:
+                self._keyframe_requested()
+            elif isinstance(msg, rtp.Fir) and ssrc in msg.media_ssrcs:
+                self._keyframe_requested()
+            elif isinstance(msg, rtp.Remb):
+                if ssrc in msg.ssrcs:
+                    self._on_remb(msg.bitrate)
+            elif isinstance(msg, (rtp.ReceiverReport, rtp.SenderReport)):
+                for block in msg.reports:
+                    if block.ssrc == ssrc:
+                        self._handle_report(block)
+
+    def _keyframe_requested(self) -> None:
+        if self.track is not None:
+            self.track.request_keyframe()
+
+    def _handle_report(self, block: rtp.ReportBlock) -> None:
+        self.loss = block.fraction_lost / 256.0
+        self.rtt = rtp.rtt_from_report(block.lsr, block.dlsr, rtp.compact_ntp(rtp.ntp_now()))
+        self._metrics.loss.observe(self.loss)
+        if self.rtt is not None:
+            self._metrics.rtt.observe(self.rtt)
+        self._on_report(self.loss, self.rtt)
+
+    def _sender_reports(self) -> bytes | None:
+        """SR (+SDES) for this output: NTP now, with the RTP time mapped from the publisher's SRs."""
+        track = self.track
+        rw = self._rewriter
+        if track is None or not rw.anchored or rw.last_time is None or self.packets_sent == 0:
+            return None
+        wall = time.time()
+        sr = track.last_sr
+        if sr is not None and sr.ssrc == track.media_ssrc:
+            rtp_in = sr.rtp_timestamp + int((wall - track.last_sr_time) * track.clock_rate)
+            rtp_out = rw.output_ts(rtp_in & 0xFFFFFFFF)
+        else:
+            rtp_out = (rw.last_ts + int((time.monotonic() - rw.last_time) * track.clock_rate)) & 0xFFFFFFFF
+        report = rtp.SenderReport(
+            ssrc=self.tap.ssrc,
+            ntp_timestamp=rtp.ntp_from_unix(wall),
+            rtp_timestamp=rtp_out,
+            packet_count=self.packets_sent,
+            octet_count=self.octets_sent,
+        )
+        data = rtp.build_sr(report)
+        if self._cname:
+            data += rtp.build_sdes_cname(self.tap.ssrc, self._cname)
+        return data
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.assign(None)

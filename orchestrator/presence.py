@@ -1,0 +1,96 @@
+"""PresenceConsumer: turns the media nodes' presence events into attendance, session state and webhooks.
+
+Reads the durable event stream in the consumer group ``orchestrator`` (every replica is a consumer; each event
+goes to one of them). An event is acknowledged only after the store has it, and events left pending by a
+replica that died are claimed by another after ``claim_after_ms``: nothing is lost. Handling is idempotent
+(a session already live is not started again; a redelivered join adds an attendance row for the same
+interval, which attendance reports merge).
+
+Rooms that are not sessions (ad-hoc rooms from ``classmesh join-link``) are acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from core.bus import Bus, Delivery
+from core.messages import EVENTS_STREAM, MessageError, PresenceEvent, decode
+from orchestrator.errors import InvalidStateError, NotFoundError
+from orchestrator.store import Store
+from orchestrator.store.models import SessionStatus
+
+logger = logging.getLogger(__name__)
+
+GROUP = "orchestrator"
+
+
+class PresenceConsumer:
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        *,
+        consumer: str | None = None,
+        claim_after_ms: int = 10_000,
+        on_events: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._bus = bus
+        self._store = store
+        self._consumer = consumer or f"orchestrator-{uuid.uuid4().hex[:8]}"
+        self._claim_after_ms = claim_after_ms
+        self._on_events = on_events
+
+    async def run(self) -> None:
+        await self._bus.ensure_group(EVENTS_STREAM, GROUP)
+        rounds = 0
+        while True:
+            try:
+                batch = await self._bus.read_group(EVENTS_STREAM, GROUP, self._consumer, count=64, block_ms=1000)
+                rounds += 1
+                if rounds % 10 == 0:
+                    batch += await self._bus.claim_stale(
+                        EVENTS_STREAM, GROUP, self._consumer, min_idle_ms=self._claim_after_ms
+                    )
+                for delivery in batch:
+                    await self._handle(delivery)
+                    await self._bus.ack(EVENTS_STREAM, GROUP, delivery.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("presence consumer round failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            event = decode(delivery.payload)
+        except MessageError as exc:
+            logger.warning("presence: dropped event id=%s: %s", delivery.id, exc)
+            return
+        if not isinstance(event, PresenceEvent) or event.role == "recorder":
+            return
+        if event.event not in ("joined", "left"):
+            return
+        try:
+            session = await self._store.get_session(event.room_id)
+        except NotFoundError:
+            return
+        at = datetime.fromtimestamp(event.at, UTC)
+        if event.event == "joined":
+            await self._store.record_join(session.session_id, event.identity, event.role, at=at)
+            if session.status is SessionStatus.PROVISIONED:
+                try:
+                    await self._store.update_session(
+                        session.session_id,
+                        status=SessionStatus.LIVE,
+                        event_type="session.started",
+                        if_status=SessionStatus.PROVISIONED,
+                    )
+                except InvalidStateError:
+                    pass
+        else:
+            await self._store.record_leave(session.session_id, event.identity, at=at)
+        self._on_events()

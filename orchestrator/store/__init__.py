@@ -1,0 +1,51 @@
+"""The orchestrator's SQL store: schema, migrations, repository methods and the webhook outbox."""
+
+from orchestrator.store.models import (
+    ApiKey,
+    Attendance,
+    AvailabilityException,
+    Booking,
+    BookingDraft,
+    BookingStatus,
+    Instructor,
+    JoinLink,
+    Occurrence,
+    OperationalException,
+    Page,
+    Recording,
+    Session,
+    SessionStatus,
+    Student,
+    Subject,
+    WebhookDelivery,
+    WebhookSubscription,
+    WeeklyWindow,
+)
+from orchestrator.store.outbox import EVENT_TYPES, emit_event
+from orchestrator.store.store import Store, slot_of
+
+__all__ = [
+    "EVENT_TYPES",
+    "ApiKey",
+    "Attendance",
+    "AvailabilityException",
+    "Booking",
+    "BookingDraft",
+    "BookingStatus",
+    "Instructor",
+    "JoinLink",
+    "Occurrence",
+    "OperationalException",
+    "Page",
+    "Recording",
+    "Session",
+    "SessionStatus",
+    "Store",
+    "Student",
+    "Subject",
+    "WebhookDelivery",
+    "WebhookSubscription",
+    "WeeklyWindow",
+    "emit_event",
+    "slot_of",
+]

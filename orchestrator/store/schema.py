@@ -1,0 +1,351 @@
+"""SQLAlchemy Core table definitions: the live description of the schema.
+
+Alembic migrations under ``migrations/versions`` are frozen snapshots written by hand; the test suite
+checks that ``upgrade head`` produces exactly these tables (``test_store_migrations.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, on SQLite and PostgreSQL alike."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = sa.String(64)
+
+
+def _ts(name: str, *, nullable: bool = False) -> sa.Column[Any]:
+    return sa.Column(name, UTCDateTime(), nullable=nullable)
+
+
+subjects = sa.Table(
+    "subjects",
+    metadata,
+    sa.Column("subject_id", ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    _ts("created_at"),
+)
+
+instructors = sa.Table(
+    "instructors",
+    metadata,
+    sa.Column("instructor_id", ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("time_zone", sa.String(64), nullable=False),
+    sa.Column("buffer_minutes", sa.Integer, nullable=False),
+    sa.Column("max_sessions_per_day", sa.Integer, nullable=True),
+    sa.Column("max_sessions_per_week", sa.Integer, nullable=True),
+    sa.Column("preferred_student_ids", sa.JSON, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+instructor_qualifications = sa.Table(
+    "instructor_qualifications",
+    metadata,
+    sa.Column("instructor_id", ID, sa.ForeignKey("instructors.instructor_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("subject_id", ID, sa.ForeignKey("subjects.subject_id"), primary_key=True),
+    sa.Column("max_level", sa.Integer, nullable=False),
+)
+
+instructor_availability = sa.Table(
+    "instructor_availability",
+    metadata,
+    sa.Column("availability_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "instructor_id",
+        ID,
+        sa.ForeignKey("instructors.instructor_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("weekday", sa.Integer, nullable=False),
+    sa.Column("start_time", sa.String(5), nullable=False),
+    sa.Column("end_time", sa.String(5), nullable=False),
+)
+
+instructor_exceptions = sa.Table(
+    "instructor_exceptions",
+    metadata,
+    sa.Column("exception_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "instructor_id",
+        ID,
+        sa.ForeignKey("instructors.instructor_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    _ts("starts_at"),
+    _ts("ends_at"),
+    sa.Column("reason", sa.String(500), nullable=False),
+)
+
+students = sa.Table(
+    "students",
+    metadata,
+    sa.Column("student_id", ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("time_zone", sa.String(64), nullable=False),
+    sa.Column("country", sa.String(2), nullable=True),
+    sa.Column("latitude", sa.Float, nullable=True),
+    sa.Column("longitude", sa.Float, nullable=True),
+    sa.Column("guardian_name", sa.String(200), nullable=True),
+    sa.Column("guardian_email", sa.String(320), nullable=True),
+    sa.Column("preferred_instructor_ids", sa.JSON, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+student_levels = sa.Table(
+    "student_levels",
+    metadata,
+    sa.Column("student_id", ID, sa.ForeignKey("students.student_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("subject_id", ID, sa.ForeignKey("subjects.subject_id"), primary_key=True),
+    sa.Column("level", sa.Integer, nullable=False),
+)
+
+bookings = sa.Table(
+    "bookings",
+    metadata,
+    sa.Column("booking_id", ID, primary_key=True),
+    sa.Column("subject_id", ID, sa.ForeignKey("subjects.subject_id"), nullable=False),
+    sa.Column("instructor_id", ID, sa.ForeignKey("instructors.instructor_id"), nullable=True),
+    _ts("starts_at"),
+    sa.Column("duration_minutes", sa.Integer, nullable=False),
+    sa.Column("rrule", sa.String(500), nullable=True),
+    sa.Column("recording", sa.Boolean, nullable=False),
+    sa.Column("notes", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("curriculum_unit", sa.String(200), nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.Index("ix_bookings_starts_at_booking_id", "starts_at", "booking_id"),
+)
+
+booking_students = sa.Table(
+    "booking_students",
+    metadata,
+    sa.Column("booking_id", ID, sa.ForeignKey("bookings.booking_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("student_id", ID, sa.ForeignKey("students.student_id"), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("session_id", ID, primary_key=True),
+    sa.Column("booking_id", ID, sa.ForeignKey("bookings.booking_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("occurrence_index", sa.Integer, nullable=False),
+    _ts("starts_at"),
+    _ts("ends_at"),
+    sa.Column("instructor_id", ID, sa.ForeignKey("instructors.instructor_id"), nullable=False, index=True),
+    sa.Column("subject_id", ID, sa.ForeignKey("subjects.subject_id"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("room_id", sa.String(128), nullable=True),
+    sa.Column("region", sa.String(64), nullable=True),
+    sa.Column("node_id", sa.String(128), nullable=True),
+    sa.Column("recording", sa.Boolean, nullable=False),
+    sa.Column("curriculum_unit", sa.String(200), nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.UniqueConstraint("booking_id", "occurrence_index", name="uq_sessions_booking_occurrence"),
+    sa.Index("ix_sessions_starts_at_session_id", "starts_at", "session_id"),
+)
+
+session_students = sa.Table(
+    "session_students",
+    metadata,
+    sa.Column("session_id", ID, sa.ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("student_id", ID, sa.ForeignKey("students.student_id"), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+)
+
+attendance = sa.Table(
+    "attendance",
+    metadata,
+    sa.Column("attendance_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "session_id",
+        ID,
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("participant_id", ID, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    _ts("joined_at"),
+    _ts("left_at", nullable=True),
+)
+
+occupancy = sa.Table(
+    "occupancy",
+    metadata,
+    sa.Column("person_kind", sa.String(16), nullable=False),
+    sa.Column("person_id", ID, nullable=False),
+    sa.Column("slot", sa.BigInteger, nullable=False),
+    sa.Column(
+        "session_id",
+        ID,
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.PrimaryKeyConstraint("person_kind", "person_id", "slot", name="pk_occupancy"),
+)
+
+join_links = sa.Table(
+    "join_links",
+    metadata,
+    sa.Column("jti", sa.String(128), primary_key=True),
+    sa.Column(
+        "session_id",
+        ID,
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("participant_id", ID, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    _ts("expires_at"),
+    _ts("created_at"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    _ts("created_at"),
+    _ts("revoked_at", nullable=True),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("api_key_id", ID, primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("method_path", sa.String(600), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("response_status", sa.Integer, nullable=True),
+    sa.Column("response_body", sa.Text, nullable=True),
+    _ts("created_at"),
+)
+
+webhook_subscriptions = sa.Table(
+    "webhook_subscriptions",
+    metadata,
+    sa.Column("subscription_id", ID, primary_key=True),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("secret", sa.String(200), nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("event_id", ID, primary_key=True),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("ordering_key", sa.String(128), nullable=True),
+    _ts("created_at"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("delivery_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", ID, sa.ForeignKey("webhook_outbox.event_id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "subscription_id",
+        ID,
+        sa.ForeignKey("webhook_subscriptions.subscription_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("ordering_key", sa.String(128), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    _ts("next_attempt_at"),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    _ts("delivered_at", nullable=True),
+    _ts("created_at"),
+    sa.Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_chain", "subscription_id", "ordering_key", "delivery_id"),
+)
+
+exceptions = sa.Table(
+    "exceptions",
+    metadata,
+    sa.Column("exception_id", ID, primary_key=True),
+    sa.Column("dedup_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=True),
+    sa.Column("subject_refs", sa.JSON, nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Column("occurrences", sa.Integer, nullable=False),
+    _ts("snoozed_until", nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    _ts("resolved_at", nullable=True),
+)
+
+recordings = sa.Table(
+    "recordings",
+    metadata,
+    sa.Column("recording_id", ID, primary_key=True),
+    sa.Column(
+        "session_id",
+        ID,
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("coverage", sa.Float, nullable=False),
+    sa.Column("gaps", sa.JSON, nullable=False),
+    sa.Column("files", sa.JSON, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+)

@@ -1,0 +1,283 @@
+"""Recorder against a real MediaNode on a LocalBus, with an aiortc publisher sending pre-encoded
+VP8 + Opus (``MediaPlayer(decode=False)``: nothing is encoded on the live path)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import av
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+
+from core.bus import LocalBus
+from core.messages import node_rpc
+from core.service import ServiceState
+from media.forwarding import configure_ice, rtc_configuration
+from media.node import MediaNode, MediaNodeConfig
+from recorder.assemble import assemble
+from recorder.errors import StorageFullError
+from recorder.recorder import Progress, Recorder, RecorderConfig
+from recorder.verify import verify_file
+from recorder.writer import SegmentInfo, load_manifest
+
+from .media import ffmpeg
+
+NODE = "node-1"
+ROOM = "room-1"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def loopback_ice() -> Iterator[None]:
+    configure_ice(["127.0.0.1"])
+    yield
+    configure_ice(None)
+
+
+@pytest.fixture(scope="module")
+def av_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 s of VP8 (keyframe every second) + Opus in one WebM file."""
+    out = tmp_path_factory.mktemp("pub") / "class.webm"
+    return ffmpeg(
+        out,
+        "testsrc=size=320x240:rate=30",
+        20,
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "libvpx",
+        "-b:v",
+        "500k",
+        "-g",
+        "30",
+        "-keyint_min",
+        "30",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "32k",
+        "-shortest",
+    )
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[tuple[LocalBus, MediaNode]]:
+    bus = LocalBus()
+    config = MediaNodeConfig(node_id=NODE, region="test", public_url="http://127.0.0.1", ice_addresses=("127.0.0.1",))
+    media_node = MediaNode(config, bus)
+    await media_node.start()
+    media_node.set_state(ServiceState.SERVING)  # what ServiceHost does after start()
+    yield bus, media_node
+    await media_node.close()
+    await bus.close()
+
+
+async def publish(bus: LocalBus, player: MediaPlayer, pid: str) -> RTCPeerConnection:
+    await bus.request(
+        node_rpc(NODE),
+        {
+            "op": "join",
+            "room_id": ROOM,
+            "participant_id": pid,
+            "identity": pid,
+            "name": pid,
+            "role": "student",
+            "permissions": ["publish_audio", "publish_video", "subscribe"],
+        },
+    )
+    pc = RTCPeerConnection(rtc_configuration())
+    assert player.video is not None and player.audio is not None
+    video = pc.addTransceiver(player.video, direction="sendonly")
+    audio = pc.addTransceiver(player.audio, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sources = {video.mid: "camera", audio.mid: "microphone"}
+    reply = await bus.request(
+        node_rpc(NODE), {"op": "publish", "participant_id": pid, "sdp": pc.localDescription.sdp, "sources": sources}
+    )
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+    return pc
+
+
+@pytest.mark.timeout(60)
+async def test_recorder_records_a_published_class(
+    tmp_path: Path, av_file: Path, node: tuple[LocalBus, MediaNode]
+) -> None:
+    bus, _ = node
+    player = MediaPlayer(str(av_file), decode=False)
+    publisher = await publish(bus, player, "alice")
+    reports: list[Progress] = []
+    recorder = Recorder(
+        RecorderConfig(
+            node_id=NODE,
+            room_id=ROOM,
+            participant_id="rec-a",
+            copy_id="a",
+            directory=tmp_path / "a",
+            segment_seconds=3.0,
+        ),
+        bus,
+        on_progress=reports.append,
+    )
+    started = time.time()
+    await recorder.start()
+    await asyncio.sleep(6.0)
+    segments = await recorder.close()
+    stopped = time.time()
+    await recorder.close()  # idempotent
+    await publisher.close()
+    await asyncio.sleep(0.5)  # aiortc closes the node's side of the publisher in a background task
+
+    assert segments and segments == load_manifest(tmp_path / "a")
+    assert len(segments) >= 2  # cut at ~3 s
+    assert len(reports) >= 5 and reports[-1].bytes > 100_000 and reports[-1].error is None
+    tracks = reports[-1].tracks
+    assert {t["kind"] for t in tracks.values()} == {"audio", "video"}
+    assert all(t["last_keyframe"] is not None for t in tracks.values() if t["kind"] == "video")
+    assert all(abs(d) < 100 for d in reports[-1].clock_drift_ms.values())
+    video_time = audio_time = 0.0
+    for seg in segments:
+        report = verify_file(Path(seg.path))
+        assert report.ok, report.problems
+        for t in seg.tracks.values():
+            assert t.clock == "sr"
+            assert t.start is not None and t.end is not None
+            assert started - 0.5 <= t.start and t.end <= stopped + 0.5
+            if t.kind == "video":
+                video_time += t.end - t.start
+            else:
+                audio_time += t.end - t.start
+    # ~6 s recorded; video starts at the first keyframe (<= 1 s after the audio)
+    assert 4.5 <= audio_time <= 6.5 and 4.0 <= video_time <= 6.5
+    first = segments[0].tracks
+    v0 = next(t for t in first.values() if t.kind == "video")
+    a0 = next(t for t in first.values() if t.kind == "audio")
+    assert 0 <= v0.start - a0.start <= 1.2  # type: ignore[operator]
+    last = segments[-1].tracks
+    v1 = next(t for t in last.values() if t.kind == "video")
+    a1 = next(t for t in last.values() if t.kind == "audio")
+    assert abs(v1.end - a1.end) < 0.1  # type: ignore[operator]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: fills up within seconds of recording."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount to create a 256 KiB tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    yield small
+    subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.timeout(60)
+async def test_recorder_reports_a_full_disk_with_its_cause(
+    small_disk: Path, av_file: Path, node: tuple[LocalBus, MediaNode]
+) -> None:
+    bus, _ = node
+    player = MediaPlayer(str(av_file), decode=False)
+    publisher = await publish(bus, player, "bob")
+    reports: list[Progress] = []
+    failed = asyncio.Event()
+
+    def on_progress(progress: Progress) -> None:
+        reports.append(progress)
+        if progress.error:
+            failed.set()
+
+    recorder = Recorder(
+        RecorderConfig(
+            node_id=NODE, room_id=ROOM, participant_id="rec-b", copy_id="b", directory=small_disk, segment_seconds=1.0
+        ),
+        bus,
+        on_progress=on_progress,
+    )
+    await recorder.start()
+    await asyncio.wait_for(failed.wait(), 20)
+    await recorder.close()
+    await publisher.close()
+    await asyncio.sleep(0.5)
+    assert isinstance(recorder.error, StorageFullError)
+    error = reports[-1].error
+    assert error is not None and error["code"] == "storage_full" and error["cause"] == "ENOSPC"
+    assert error["errno"] == errno.ENOSPC
+    completed = load_manifest(small_disk)
+    assert completed  # 1 s segments: some completed before the disk filled, and they are intact
+    for seg in completed:
+        assert verify_file(Path(seg.path)).ok
+
+
+def _frames_by_content(segments: list[SegmentInfo]) -> dict[bytes, float]:
+    """Wall-clock time of every video frame of a copy, keyed by its bytes."""
+    out: dict[bytes, float] = {}
+    for seg in segments:
+        with av.open(seg.path) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.pts is not None and packet.size:
+                    out[bytes(packet)] = seg.epoch + float(packet.pts * packet.time_base)
+    return out
+
+
+@pytest.mark.timeout(60)
+async def test_two_copies_align_on_the_node_clock_and_assemble(
+    tmp_path: Path, av_file: Path, node: tuple[LocalBus, MediaNode]
+) -> None:
+    bus, _ = node
+    player = MediaPlayer(str(av_file), decode=False)
+    publisher = await publish(bus, player, "carol")
+    copies = [
+        Recorder(
+            RecorderConfig(
+                node_id=NODE,
+                room_id=ROOM,
+                participant_id=f"rec-{c}",
+                copy_id=c,
+                directory=tmp_path / c,
+                segment_seconds=2.0,
+            ),
+            bus,
+        )
+        for c in ("a", "b")
+    ]
+    await copies[0].start()
+    await asyncio.sleep(1.0)  # the second copy joins later, as after a failover
+    await copies[1].start()
+    await asyncio.sleep(5.0)
+    a, b = [await r.close() for r in copies]
+    await publisher.close()
+    await asyncio.sleep(0.5)
+
+    in_a, in_b = _frames_by_content(a), _frames_by_content(b)
+    common = set(in_a) & set(in_b)
+    assert len(common) > 60  # > 2 s of the same frames in both copies
+    offsets = [abs(in_a[k] - in_b[k]) for k in common]
+    # the same frame is at the same instant in both copies (SR jitter smoothed: well under a frame)
+    assert max(offsets) < 0.015
+
+    start = min(s.start for s in a if s.start is not None)
+    end = max(s.end for s in b if s.end is not None)
+    result = assemble([a, b], tmp_path / "final.mkv", start, end)
+    report = verify_file(
+        tmp_path / "final.mkv", expected_duration=end - start, expected_tracks={"video": 1, "audio": 1}
+    )
+    assert report.ok, report.problems
+    assert result.coverage > 0.97, result.gaps
