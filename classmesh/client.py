@@ -94,9 +94,8 @@ class ClassroomClient:
         hello: dict[str, Any] = {"type": "hello", "v": 1, "token": self._token}
         if self._room:
             hello["room"] = self._room
-        welcome = await self._open(hello)
-        self._new_subscriber()
-        return welcome
+        self._new_subscriber()  # before the socket: the node's first offer may follow welcome at once
+        return await self._open(hello)
 
     async def _open(self, first: dict[str, Any]) -> dict[str, Any]:
         assert self._http is not None
@@ -219,7 +218,7 @@ class ClassroomClient:
         if not self._publishing:
             return
         if self.pub is not None:
-            await self.pub.close()
+            await asyncio.shield(self.pub.close())
         self.pub = RTCPeerConnection(rtc_configuration())
         sources: dict[str, str] = {}
         added = [(source, self.pub.addTransceiver(track, direction="sendonly")) for source, track in self._publishing]
@@ -237,7 +236,7 @@ class ClassroomClient:
             old_sub = self.sub
             self._new_subscriber()
             if old_sub is not None:
-                await old_sub.close()
+                await asyncio.shield(old_sub.close())
         await self._send_publish()
 
     # --------------------------------------------------------------------------------------- queries
@@ -262,7 +261,7 @@ class ClassroomClient:
         await self._drop_socket()
         for pc in (self.pub, self.sub):
             if pc is not None:
-                await pc.close()
+                await asyncio.shield(pc.close())  # a cancelled caller must not cancel aiortc's close future
         for fut in self._replies.values():
             if not fut.done():
                 fut.cancel()

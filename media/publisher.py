@@ -8,6 +8,7 @@ microphone | screen); a missing entry defaults to microphone for audio and camer
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -154,4 +155,4 @@ class Publisher:
             self._on_unpublished(track)
             await track.close()
         if self._pc is not None:
-            await self._pc.close()
+            await asyncio.shield(self._pc.close())  # a cancelled caller must not cancel aiortc's close future

@@ -16,8 +16,11 @@ where ``source`` is ``camera``, ``microphone`` or ``screen``. Inactive m-section
 the track they showed last and must be ignored by the client.
 
 Bandwidth: REMB estimates from the client are compared with each forwarded video track's
-measured bitrate; below it for ``pause_after`` seconds, video to this participant pauses (audio
-keeps flowing); at or above 1.2x for ``resume_after`` seconds it resumes from a keyframe.
+measured bitrate; when the subscriber is congested (below it and losing over 5 % of packets, or below a
+quarter of it) for ``pause_after`` seconds, video to this participant pauses (audio keeps flowing); at or
+above 1.2x for ``resume_after`` seconds it resumes from a keyframe. While paused, video is tried again
+after ``probe_after`` seconds (doubling up to a minute when the probe fails), because a receiver's
+estimate cannot grow while it receives nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +74,11 @@ class Subscriber:
         self._below_since: float | None = None
         self._above_since: float | None = None
         self.video_paused = False
+        self.probe_after = max(5.0, 2 * pause_after)
+        self.probe_max = 60.0
+        self._probe_interval = self.probe_after
+        self._paused_at: float | None = None
+        self._resumed_at: float | None = None
         self.quality: Quality = "excellent"
         self.rejected = 0
         self._on_failed = on_failed
@@ -181,6 +189,18 @@ class Subscriber:
     def _video_bitrate(self) -> float:
         return sum(s.track.bitrate.bps for s in self._slots if s.track is not None and s.kind == "video")
 
+    def _congested(self, bitrate: int, needed: float) -> bool:
+        """Below the video bitrate *and* either losing packets or far below it.
+
+        A receiver's REMB grows only with what it receives (Chrome caps it near 1.5x the incoming rate), so an
+        estimate just below the bitrate is not congestion: it is a receiver that has not ramped up yet. Pausing
+        on that alone would starve the estimate and keep video paused for good.
+        """
+        if bitrate >= needed:
+            return False
+        loss = max((s.loss for s in self._slots if s.track is not None), default=0.0)
+        return loss > 0.05 or bitrate < needed * 0.25
+
     def _handle_remb(self, bitrate: int) -> None:
         now = time.monotonic()
         self.remb = bitrate
@@ -188,10 +208,15 @@ class Subscriber:
         if needed <= 0:
             return
         if not self.video_paused:
-            if bitrate < needed:
+            if self._congested(bitrate, needed):
                 self._below_since = self._below_since if self._below_since is not None else now
                 if now - self._below_since >= self.pause_after:
+                    if self._resumed_at is not None and now - self._resumed_at < 2 * self.probe_after:
+                        self._probe_interval = min(self._probe_interval * 2, self.probe_max)
+                    else:
+                        self._probe_interval = self.probe_after
                     self._set_video_paused(True)
+                    self._paused_at = now
             else:
                 self._below_since = None
         else:
@@ -199,8 +224,14 @@ class Subscriber:
                 self._above_since = self._above_since if self._above_since is not None else now
                 if now - self._above_since >= self.resume_after:
                     self._set_video_paused(False)
+                    self._resumed_at = now
             else:
                 self._above_since = None
+                # probe: with video paused the estimate cannot grow, so try again now and then
+                if self._paused_at is not None and now - self._paused_at >= self._probe_interval:
+                    logger.info("participant=%s probing with video (remb=%d)", self.participant_id, bitrate)
+                    self._set_video_paused(False)
+                    self._resumed_at = now
 
     def _set_video_paused(self, paused: bool) -> None:
         self.video_paused = paused
@@ -249,4 +280,4 @@ class Subscriber:
             slot.close()
         self._by_track.clear()
         if self._pc is not None:
-            await self._pc.close()
+            await asyncio.shield(self._pc.close())  # a cancelled caller must not cancel aiortc's close future

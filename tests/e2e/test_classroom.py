@@ -195,11 +195,6 @@ async def three_pages(dev_stack: DevStack, open_page: OpenPage) -> AsyncIterator
     yield pages
 
 
-@pytest.mark.xfail(
-    reason="media node: a subscriber that joins after others publish gets their audio but no video RTP "
-    "(seen 2026-11-25 with classmesh dev; audio, leave within 2 s and rejoin pass). Remove once media is fixed.",
-    strict=False,
-)
 async def test_three_students_see_and_hear_each_other_and_leaving_is_seen(three_pages: list[Page]) -> None:
     pages = three_pages
     ids = [await joined(p) for p in pages]
