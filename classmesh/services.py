@@ -113,6 +113,8 @@ async def _run_one(host: ServiceHost, bus: Bus, common: CommonConfig) -> int:
 async def run_orchestrator(args: argparse.Namespace, common: CommonConfig) -> int:
     from classmesh.cli import default_database_url
 
+    if not args.database:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
     bus = open_bus(common.bus_url)
     key = args.private_key or _keys(args)[0]
     host = build_orchestrator(

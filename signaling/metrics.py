@@ -18,6 +18,7 @@ MESSAGES = Counter("classmesh_signaling_messages_total", "Client messages receiv
 ERRORS = Counter("classmesh_signaling_errors_total", "Error messages sent to clients, by code.", ["code"])
 RESUMES = Counter("classmesh_signaling_resumes_total", "Resume attempts, by result (resumed, expired).", ["result"])
 EXPIRED = Counter("classmesh_signaling_sessions_expired_total", "Sessions that expired without a resume (leave sent).")
+MOVES = Counter("classmesh_signaling_room_moves_total", "Sessions that followed their room to another node.")
 
 ERROR_CODES = frozenset(
     {

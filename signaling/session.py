@@ -32,6 +32,7 @@ from enum import StrEnum
 from typing import Any
 
 from core.bus import Bus, BusError, Payload, Subscription
+from core.messages import room_channel
 from signaling import metrics
 from signaling.errors import CLOSE_REMOVED, CLOSE_RESUMED_ELSEWHERE, SignalingError
 from signaling.relay import NodeRelay
@@ -123,6 +124,8 @@ class Session:
         self._subscription: Subscription | None = None
         self._handover_sub: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._room_sub: Subscription | None = None
+        self._room_pump: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
         metrics.SESSIONS.labels(self._state.value).inc()
@@ -162,6 +165,8 @@ class Session:
         self._handover_sub = await self._bus.serve(handover_channel(self._record.session_id), self._on_handover)
         name = self._record.participant_id
         self._pump = asyncio.create_task(self._read_node(subscription), name=f"session-pump:{name}")
+        self._room_sub = await self._bus.subscribe(room_channel(self._record.room_id))
+        self._room_pump = asyncio.create_task(self._read_room(self._room_sub), name=f"session-room:{name}")
         self._refresher = asyncio.create_task(self._refresh(), name=f"session-refresh:{name}")
         self._expiry = asyncio.create_task(self._expire(), name=f"session-expiry:{name}")
 
@@ -191,14 +196,17 @@ class Session:
     async def deliver(self, msg: dict[str, Any]) -> None:
         """Number a node message, buffer it, and send it while attached."""
         async with self._deliver_lock:
-            self._seq += 1
-            out = {**msg, "seq": self._seq}
-            self._buffer.append(out)
-            if self._sink is not None:
-                try:
-                    await self._sink(out)
-                except Exception:  # the socket is going away; the buffer keeps the message for a resume
-                    logger.debug("participant=%s send failed; message kept for resume", self.participant_id)
+            await self._deliver_locked(msg)
+
+    async def _deliver_locked(self, msg: dict[str, Any]) -> None:
+        self._seq += 1
+        out = {**msg, "seq": self._seq}
+        self._buffer.append(out)
+        if self._sink is not None:
+            try:
+                await self._sink(out)
+            except Exception:  # the socket is going away; the buffer keeps the message for a resume
+                logger.debug("participant=%s send failed; message kept for resume", self.participant_id)
 
     async def leave(self, *, reason: str = "left") -> None:
         """Leave the room on the node and forget the session."""
@@ -225,11 +233,15 @@ class Session:
         self._set_state(SessionState.CLOSED)
         self._sink = self._kick = None
         current = asyncio.current_task()
-        tasks = [t for t in (self._pump, self._refresher, self._expiry) if t is not None and t is not current]
+        tasks = [
+            t
+            for t in (self._pump, self._room_pump, self._refresher, self._expiry)
+            if t is not None and t is not current
+        ]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for sub in (self._subscription, self._handover_sub):
+        for sub in (self._subscription, self._handover_sub, self._room_sub):
             if sub is not None:
                 with contextlib.suppress(BusError):
                     await sub.close()
@@ -259,6 +271,73 @@ class Session:
             raise
         except Exception:
             logger.exception("participant=%s reading node messages failed", self.participant_id)
+
+    async def _read_room(self, subscription: Subscription) -> None:
+        """Room-wide control messages. ``moved``: the room now lives on another node (its node failed, or it
+        is being migrated): join that node with the same participant, then tell the client to renegotiate."""
+        try:
+            async for msg in subscription:
+                if isinstance(msg, dict) and msg.get("type") == "moved" and isinstance(msg.get("node_id"), str):
+                    await self.follow_room(msg["node_id"], reason=str(msg.get("reason", "moved")))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("participant=%s reading room messages failed", self.participant_id)
+
+    async def follow_room(self, node_id: str, *, reason: str) -> None:
+        # Holding the delivery lock keeps the new node's first messages (its subscriber offers) behind "moved",
+        # so the client has built its new peer connections before they arrive.
+        async with self._deliver_lock:
+            await self._follow_room_locked(node_id, reason)
+
+    async def _follow_room_locked(self, node_id: str, reason: str) -> None:
+        if node_id == self._record.node_id or self._state is SessionState.CLOSED:
+            return
+        old = self._record.node_id
+        payload = {
+            "op": "join",
+            "room_id": self._record.room_id,
+            "participant_id": self.participant_id,
+            "identity": self._record.identity,
+            "name": self._record.name,
+            "role": self._record.role,
+            "permissions": list(self._record.permissions),
+        }
+        for attempt in range(5):
+            try:
+                reply = await self._relay.call(node_id, payload)
+                break
+            except SignalingError as exc:
+                if exc.code == "duplicate_participant":
+                    reply = await self._relay.call(node_id, {"op": "state", "participant_id": self.participant_id})
+                    break
+                logger.warning(
+                    "participant=%s join on node=%s failed (%s); retrying", self.participant_id, node_id, exc.code
+                )
+                await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            logger.error("participant=%s could not follow the room to node=%s", self.participant_id, node_id)
+            return
+        self._record = replace(self._record, node_id=node_id)
+        await self._save()
+        metrics.MOVES.inc()
+        logger.info(
+            "participant=%s room=%s followed node=%s -> %s (%s)",
+            self.participant_id,
+            self._record.room_id,
+            old,
+            node_id,
+            reason,
+        )
+        await self._deliver_locked(
+            {
+                "type": "moved",
+                "node_id": node_id,
+                "reason": reason,
+                "participants": reply.get("participants", []),
+                "ice_servers": reply.get("ice_servers", []),
+            }
+        )
 
     async def _refresh(self) -> None:
         while True:

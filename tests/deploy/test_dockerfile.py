@@ -333,7 +333,18 @@ def test_build_context_makes_a_wheel_whose_cli_runs(tmp_path: Path) -> None:
     assert not list(context.rglob("*.pem")) and not (context / "deploy").exists()
     wheels = tmp_path / "wheels"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir", str(wheels), str(context)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(context),
+        ],
         capture_output=True,
         text=True,
         timeout=220,

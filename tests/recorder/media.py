@@ -212,11 +212,11 @@ def feed(
             clock.observe(frame.timestamp, frame.arrival)
             writer.write(tid, frame, clock.wall(frame.timestamp))
 
-    for t, tid, _, p in merged:
+    for at, tid, _, p in merged:
         lost = any(a <= p.time < b for a, b in (drop or {}).get(tid, []))
         if lost:
             continue
-        arrival = base_wall + t
+        arrival = base_wall + at
         write(tid, deps[tid].push(p.seq, p.timestamp, p.marker, p.payload, arrival))
     for tid, dep in deps.items():
         write(tid, dep.flush())

@@ -163,6 +163,7 @@ async def test_recorder_records_a_published_class(
                 video_time += t.end - t.start
             else:
                 audio_time += t.end - t.start
+    print([(s.index, {k: (round(t.start - started, 3), round(t.end - started, 3), t.packets) for k, t in s.tracks.items() if t.start and t.end}) for s in segments])
     # ~6 s recorded; video starts at the first keyframe (<= 1 s after the audio)
     assert 4.5 <= audio_time <= 6.5 and 4.0 <= video_time <= 6.5
     first = segments[0].tracks

@@ -71,6 +71,7 @@ def test_segments_decode_with_right_duration_and_sync(
     epoch = segments[0].epoch
     with av.open(segments[1].path) as c:
         first = next(c.demux(c.streams.video[0]))
+        assert first.pts is not None and first.time_base is not None
         assert abs(epoch + float(first.pts * first.time_base) - (BASE + 5.0)) < 0.002
 
 

@@ -154,6 +154,7 @@ class Classroom {
     this.roomId = roomId;
     this.wsUrl = wsUrl;
     this.state = "starting"; // starting | connecting | joined | reconnecting | left | removed | failed
+    this.moves = 0;
     this.socket = null;
     this.participantId = null;
     this.resumeToken = null;
@@ -393,7 +394,7 @@ class Classroom {
         this.systemMessage(`Removed: ${msg.reason || "by a moderator"}`);
         break;
       case "moved":
-        this.log(`room moved to node ${msg.node_id}`);
+        this.onMoved(msg);
         break;
       case "error":
         this.log(`server error ${msg.code}: ${msg.message}`);
@@ -402,6 +403,18 @@ class Classroom {
         break;
     }
     this.renderAll();
+  }
+
+  onMoved(msg) {
+    // The room now lives on another node (its node failed, or it is being moved): new peer connections there.
+    // Signaling has already joined us on the new node; the local camera and microphone stay open.
+    this.log(`room moved to node ${msg.node_id} (${msg.reason || "moved"})`);
+    this.moves += 1;
+    if (msg.ice_servers) this.iceServers = msg.ice_servers;
+    this.teardownMedia({ keepLocal: true });
+    this.trackMap.clear();
+    this.subscriber = this.createSubscriber();
+    if (this.canPublish()) this.startPublishing();
   }
 
   onData(msg) {
@@ -812,6 +825,7 @@ function main() {
 
   window.classmesh = {
     get state() { return room.state; },
+    get moves() { return room.moves; },
     get participantId() { return room.participantId; },
     get participants() { return [...room.participants.values()]; },
     get pcs() { return { publisher: room.publisher, subscriber: room.subscriber }; },

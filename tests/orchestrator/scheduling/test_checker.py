@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
-from orchestrator.scheduling import WeeklyWindow
+from orchestrator.scheduling import SessionStatus, WeeklyWindow
 
 from .checker import check_schedule
 from .factory import instructor, local, session, student, utc
@@ -22,7 +22,7 @@ def test_off_grid_session_is_invalid_time() -> None:
 
 def test_cancelled_sessions_are_ignored() -> None:
     a = session("a", utc(2026, 1, 5, 10))
-    b = dataclasses.replace(session("b", utc(2026, 1, 5, 10)), status="cancelled")
+    b = dataclasses.replace(session("b", utc(2026, 1, 5, 10)), status=SessionStatus.CANCELLED)
     assert rules([instructor("i1")], [student("s1")], [a, b]) == set()
 
 
