@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import subprocess
@@ -129,7 +130,8 @@ def bus(bus_factory: BusFactory) -> Bus:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Any]:
-    """The whole system (orchestrator, signaling, one media node, no recorders) in this process, on loopback."""
+    """The whole system (orchestrator, signaling, a media node in eu-central and one in us-east, no recorders) in
+    this process, on loopback."""
     from classmesh.dev import build_stack
     from core.regions import load_regions, parse_regions
     from core.service import ServiceHost
@@ -137,12 +139,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[Any]:
     regions = load_regions()
     raw = {
         "regions": {
-            "eu-central": {
-                "display_name": "test",
-                "lat": regions.get("eu-central").lat,
-                "lon": regions.get("eu-central").lon,
-                "nodes": [{"id": "eu-central-1", "port": free_port()}],
+            name: {
+                "display_name": name,
+                "lat": regions.get(name).lat,
+                "lon": regions.get(name).lon,
+                "nodes": [{"id": f"{name}-1", "port": free_port()}],
             }
+            for name in ("eu-central", "us-east")
         }
     }
     built = build_stack(
@@ -166,9 +169,13 @@ async def stack(tmp_path: Path) -> AsyncIterator[Any]:
         signaling = next(h for h in started if h.service.name == "signaling")
         built.signaling_url = signaling.url
         orchestrator = next(h for h in started if h.service.name == "orchestrator")
+        service = orchestrator.service
+        service.config = dataclasses.replace(service.config, signaling_url=signaling.url)  # type: ignore[attr-defined]
+        built.orchestrator_url = orchestrator.url  # type: ignore[attr-defined]
+        built.orchestrator = service  # type: ignore[attr-defined]
         # placement needs the node's first heartbeat
         registry = orchestrator.service.registry  # type: ignore[attr-defined]
-        assert await registry.wait_for(lambda r: any(n.serving for n in r.nodes("media")), 5)
+        assert await registry.wait_for(lambda r: sum(n.serving for n in r.nodes("media")) == 2, 5)
         yield built
     finally:
         for host in reversed(started):

@@ -1,0 +1,158 @@
+"""A booking system's whole path: REST API -> provisioning in the right region -> join links -> a live class
+in Chromium -> signed webhooks, in order per booking, retried after the receiver fails."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+import standardwebhooks
+from aiohttp import web
+
+from orchestrator.api.keys import create_api_key
+from tests.conftest import free_port
+from tests.e2e.conftest import OpenPage
+from tests.e2e.test_classroom import joined, media_flowing
+
+pytestmark = pytest.mark.browser
+
+
+class Receiver:
+    """A booking system's webhook endpoint that fails its first two requests."""
+
+    def __init__(self) -> None:
+        self.secret = ""
+        self.events: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.rejected = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.attempts += 1
+        body = await request.text()
+        payload = standardwebhooks.Webhook(self.secret).verify(body, dict(request.headers))  # raises if forged
+        if self.rejected < 2:
+            self.rejected += 1
+            return web.Response(status=503)
+        self.events.append({"id": request.headers["webhook-id"], **payload})
+        return web.Response(status=204)
+
+
+async def test_booking_becomes_a_live_class_with_webhooks(stack: Any, open_page: OpenPage) -> None:
+    _, key = await create_api_key(stack.orchestrator.store, "booking system", ["admin"])
+    api = f"{stack.orchestrator_url}/v1"
+    headers = {"Authorization": f"Bearer {key}"}
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+
+            async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                async with http.post(f"{api}{path}", json=body) as resp:
+                    data = await resp.json()
+                    assert resp.status in (200, 201), (path, resp.status, data)
+                    return data  # type: ignore[no-any-return]
+
+            hook = await post("/webhooks", {"url": f"http://127.0.0.1:{port}/hooks"})
+            receiver.secret = hook["secret"]
+            await post("/subjects", {"subject_id": "math", "name": "Mathematics"})
+            await post(
+                "/instructors",
+                {
+                    "instructor_id": "ins_ada",
+                    "name": "Ada",
+                    "email": "ada@example.org",
+                    "time_zone": "Europe/Berlin",
+                    "qualifications": [{"subject_id": "math", "max_level": 5}],
+                    "weekly_availability": [{"weekday": d, "start": "00:00", "end": "24:00"} for d in range(7)],
+                    "buffer_minutes": 0,
+                    "max_sessions_per_day": 10,
+                    "max_sessions_per_week": 50,
+                },
+            )
+            for sid, name, country in (("stu_1", "Jonas", "DE"), ("stu_2", "Marie", "FR")):
+                await post(
+                    "/students",
+                    {
+                        "student_id": sid,
+                        "name": name,
+                        "time_zone": "Europe/Berlin",
+                        "country": country,
+                        "levels": [{"subject_id": "math", "level": 2}],
+                    },
+                )
+            now = datetime.now(UTC)
+            start = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+            start += timedelta(minutes=(5 - start.minute % 5) % 5)  # the store books in 5-minute slots
+            booking = await post(
+                "/bookings",
+                {
+                    "subject_id": "math",
+                    "student_ids": ["stu_1", "stu_2"],
+                    "instructor_id": "ins_ada",
+                    "start": start.isoformat().replace("+00:00", "Z"),
+                    "duration_minutes": 30,
+                    "recording": False,
+                },
+            )
+            session_id = booking["sessions"][0]["session_id"]
+
+            # provisioned ahead of its start, in the region nearest to Berlin and Paris
+            deadline = time.monotonic() + 15
+            session: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                async with http.get(f"{api}/sessions/{session_id}") as resp:
+                    session = await resp.json()
+                if session["status"] == "provisioned":
+                    break
+                await asyncio.sleep(0.2)
+            assert session["status"] == "provisioned", session
+            assert session["region"] == "eu-central" and session["node_id"] == "eu-central-1"
+
+            links = [
+                await post(f"/sessions/{session_id}/join-links", {"participant_id": pid, "role": role})
+                for pid, role in (("ins_ada", "instructor"), ("stu_1", "student"), ("stu_2", "student"))
+            ]
+        pages = []
+        for link in links:
+            page, _ = await open_page(link["url"])
+            pages.append(page)
+        ids = [await joined(p) for p in pages]
+        for page, me in zip(pages, ids, strict=True):
+            await media_flowing(page, set(ids) - {me})
+
+        # the class went live and attendance is recorded from the node's presence events
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            async with aiohttp.ClientSession(headers=headers) as http, http.get(f"{api}/sessions/{session_id}") as r:
+                session = await r.json()
+            if session["status"] == "live" and len(session["attendance"]) >= 3:
+                break
+            await asyncio.sleep(0.2)
+        assert session["status"] == "live"
+        assert {a["participant_id"] for a in session["attendance"]} == {"ins_ada", "stu_1", "stu_2"}
+
+        # webhooks: signed (verified above), retried after two failures, in order for this booking
+        expected = ["booking.created", "session.provisioned", "session.started"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            types = [e["type"] for e in receiver.events]
+            if all(t in types for t in expected) and types.count("participant.joined") >= 3:
+                break
+            await asyncio.sleep(0.2)
+        types = [e["type"] for e in receiver.events]
+        assert receiver.rejected == 2 and receiver.attempts >= len(receiver.events) + 2
+        assert types[:2] == ["booking.created", "session.provisioned"], types
+        assert types.index("session.started") > types.index("session.provisioned")
+        assert types.count("participant.joined") == 3
+        assert len({e["id"] for e in receiver.events}) == len(receiver.events)  # stable, unique ids
+    finally:
+        await runner.cleanup()
