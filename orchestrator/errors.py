@@ -127,7 +127,3 @@ class PermissionDeniedError(OrchestratorError):
     def __init__(self, scope: str) -> None:
         super().__init__(f"this API key lacks the {scope!r} scope")
         self.scope = scope
-
-
-class OpsUnavailableError(OrchestratorError):
-    """The API runs without the orchestrator's live state (e.g. standalone in a test): 503."""

@@ -17,12 +17,10 @@ from aiohttp import web
 
 from orchestrator import metrics
 from orchestrator.api.handlers import OPERATIONS as BOOKING_OPERATIONS
-from orchestrator.api.ops import OPS_OPERATIONS
-
-OPERATIONS = (*BOOKING_OPERATIONS, *OPS_OPERATIONS)
 from orchestrator.api.hooks import ApiHooks
 from orchestrator.api.keys import authenticate, require_scope
 from orchestrator.api.operations import Call, Operation, docs_page, openapi_document, read_body
+from orchestrator.api.ops import OPS_OPERATIONS
 from orchestrator.api.problems import PROBLEM_JSON, problem, problem_from_exception
 from orchestrator.errors import (
     IdempotencyKeyInFlightError,
@@ -123,8 +121,10 @@ def build_api_app(store: Store, *, hooks: ApiHooks | None = None) -> web.Applica
     """
     app = web.Application(middlewares=[_edge])
     app[STORE] = store
-    app[HOOKS] = hooks or ApiHooks()
-    doc = openapi_document(OPERATIONS)
+    app[HOOKS] = hooks = hooks or ApiHooks()
+    # the operational endpoints exist only where the orchestrator's live state does
+    operations = (*BOOKING_OPERATIONS, *(OPS_OPERATIONS if hooks.ops is not None else ()))
+    doc = openapi_document(operations)
     app[OPENAPI] = doc
     page = docs_page(doc)
     openapi_text = json.dumps(doc, indent=1)
@@ -138,7 +138,7 @@ def build_api_app(store: Store, *, hooks: ApiHooks | None = None) -> web.Applica
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/docs", docs)
     templates: list[tuple[re.Pattern[str], str]] = []
-    for op in OPERATIONS:
+    for op in operations:
         app.router.add_route(op.method, op.path, _bind(op))
         templates.append((re.compile("^" + re.sub(r"{\w+}", "[^/]+", op.path) + "$"), op.method))
 

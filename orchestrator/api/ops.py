@@ -5,13 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from orchestrator.api.handlers import ok
+from orchestrator.api.hooks import OpsView
 from orchestrator.api.operations import Call, Operation, QueryParam
-from orchestrator.errors import OpsUnavailableError
 
 
-def _ops(call: Call):  # type: ignore[no-untyped-def]
-    if call.hooks.ops is None:
-        raise OpsUnavailableError("the live node table is not available in this process")
+def _ops(call: Call) -> OpsView:
+    assert call.hooks.ops is not None  # the routes are mounted only with an ops view
     return call.hooks.ops
 
 
@@ -33,7 +32,6 @@ OPS_OPERATIONS: tuple[Operation, ...] = (
         "ops:read",
         list_nodes,
         "NodeList",
-        errors=(503,),
         description="From heartbeats (every second). A node silent for 3 s is dead and is no longer listed.",
     ),
     Operation(
@@ -46,7 +44,6 @@ OPS_OPERATIONS: tuple[Operation, ...] = (
         get_forecast,
         "Forecast",
         query=(QueryParam("hours", {"type": "integer", "minimum": 1, "maximum": 48, "default": 6}, "horizon"),),
-        errors=(503,),
         description="Built from every scheduled session: an operator or autoscaler adds capacity before the peak.",
     ),
 )

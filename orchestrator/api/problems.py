@@ -16,7 +16,6 @@ from orchestrator.errors import (
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
-    OpsUnavailableError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RuleViolation,
@@ -99,8 +98,6 @@ def problem_from_exception(exc: BaseException) -> web.Response:
         return problem(413, "payload-too-large", str(exc))
     if isinstance(exc, UnsupportedMediaTypeError):
         return problem(415, "unsupported-media-type", str(exc))
-    if isinstance(exc, OpsUnavailableError):
-        return problem(503, "unavailable", str(exc))
     if isinstance(exc, web.HTTPException):
         detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
