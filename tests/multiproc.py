@@ -159,7 +159,7 @@ class Fleet:
         self.procs["signaling"] = ServiceProcess("signaling", args, self.logs, self.signaling_port)
         return self.procs["signaling"]
 
-    def start_media(self, node_id: str) -> ServiceProcess:
+    def start_media(self, node_id: str, *extra: str) -> ServiceProcess:
         port = self.node_ports[node_id]
         args = [
             "media",
@@ -172,10 +172,9 @@ class Fleet:
             "127.0.0.1",
             "--public-key",
             str(self.public_key),
+            *extra,
         ]
-        env_version = self.version
         proc = ServiceProcess(node_id, args, self.logs, port)
-        proc.version = env_version  # type: ignore[attr-defined]
         self.procs[node_id] = proc
         return proc
 
