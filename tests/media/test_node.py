@@ -1,0 +1,132 @@
+"""The media node as a service: its bus contract, presence events, TURN credentials, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import pytest
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+from classmesh.client import ClassroomClient
+from core.bus import RemoteError
+from core.messages import EVENTS_STREAM, decode, node_rpc
+from media.node import subscriber_tracks, turn_credentials
+
+
+def test_turn_credentials_follow_coturns_rest_scheme() -> None:
+    username, password = turn_credentials("s3cret", "alice", ttl_s=3600, now=1_700_000_000)
+    assert username == "1700003600:alice"
+    expected = base64.b64encode(hmac.new(b"s3cret", username.encode(), hashlib.sha1).digest()).decode()
+    assert password == expected
+
+
+def test_subscriber_tracks_reads_the_msid_labels() -> None:
+    sdp = (
+        "v=0\r\ns=-\r\nt=0 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendonly\r\na=msid:p_alice microphone:t1\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:1\r\na=sendonly\r\na=msid:p_alice camera:t2\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:2\r\na=inactive\r\na=msid:p_bob camera:t3\r\n"
+    )
+    assert subscriber_tracks(sdp) == {
+        "0": {"participant_id": "p_alice", "source": "microphone", "kind": "audio"},
+        "1": {"participant_id": "p_alice", "source": "camera", "kind": "video"},
+    }
+
+
+async def test_presence_and_talk_events_reach_the_event_stream(stack: Any) -> None:
+    bus = stack.bus
+    await bus.ensure_group(EVENTS_STREAM, "probe")
+    token = stack.issuer.mint(room="ev", identity="alice", name="Alice", role="student")
+    client = ClassroomClient(stack.signaling_url, token, room="ev")
+    try:
+        await client.connect()
+        await client.publish([("camera", VideoStreamTrack()), ("microphone", AudioStreamTrack())])
+        await client.chat("question 3?")
+        events: list[Any] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            batch = await bus.read_group(EVENTS_STREAM, "probe", "c", block_ms=200)
+            events += [decode(d.payload) for d in batch if d.payload.get("room_id") == "ev"]
+            kinds = [e.event for e in events]
+            if "joined" in kinds and kinds.count("published") == 2 and "data" in kinds:
+                break
+        kinds = [e.event for e in events]
+        assert kinds[0] == "joined" and kinds.count("published") == 2 and "data" in kinds
+        assert all(e.identity == "alice" and e.role == "student" and e.node_id for e in events)
+        chat = next(e for e in events if e.event == "data")
+        assert chat.details == {"kind": "chat", "body": {"text": "question 3?"}}
+        await client.leave()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "left" not in kinds:
+            batch = await bus.read_group(EVENTS_STREAM, "probe", "c", block_ms=200)
+            kinds += [decode(d.payload).event for d in batch if d.payload.get("room_id") == "ev"]
+        assert "left" in kinds
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"op": "teleport"}, "bad_request"),
+        ({}, "bad_request"),
+        ({"op": "join", "room_id": "bad room", "participant_id": "p1"}, "bad_request"),
+        (
+            {"op": "join", "room_id": "r", "participant_id": "p1", "identity": "x", "name": "x", "role": "admin"},
+            "bad_request",
+        ),
+        (
+            {
+                "op": "join",
+                "room_id": "r",
+                "participant_id": "p1",
+                "identity": "x",
+                "name": "x",
+                "role": "student",
+                "permissions": ["fly"],
+            },
+            "bad_request",
+        ),
+        ({"op": "publish", "participant_id": "nobody", "sdp": "v=0"}, "unknown_participant"),
+        ({"op": "create_room", "room_id": "r", "max_participants": -1}, "bad_request"),
+        ({"op": "state", "participant_id": 5}, "bad_request"),
+    ],
+)
+async def test_node_refuses_bad_requests_with_a_code(stack: Any, payload: dict[str, Any], code: str) -> None:
+    with pytest.raises(RemoteError) as err:
+        await stack.bus.request(node_rpc("eu-central-1"), payload, timeout=3)
+    assert err.value.code == code
+    # and nothing changed
+    node = next(
+        h.service for h in stack.hosts if h.service.name == "media" and h.service.config.node_id == "eu-central-1"
+    )
+    assert "r" not in node.rooms
+
+
+async def test_room_full_reaches_the_client_as_an_error(stack: Any) -> None:
+    await stack.bus.request(
+        node_rpc("eu-central-1"), {"op": "create_room", "room_id": "tiny", "max_participants": 1}, timeout=3
+    )
+    from core.messages import room_key
+
+    await stack.bus.kv_set(room_key("tiny"), "eu-central-1")
+    first = ClassroomClient(
+        stack.signaling_url, stack.issuer.mint(room="tiny", identity="a", name="A", role="student"), room="tiny"
+    )
+    second = ClassroomClient(
+        stack.signaling_url, stack.issuer.mint(room="tiny", identity="b", name="B", role="student"), room="tiny"
+    )
+    try:
+        await first.connect()
+        with pytest.raises(Exception) as err:
+            await second.connect()
+        assert getattr(err.value, "code", "") == "room_full"
+    finally:
+        await first.close()
+        await second.close()
+        await asyncio.sleep(0)
