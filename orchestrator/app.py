@@ -42,6 +42,7 @@ from orchestrator.placement import (
 from orchestrator.presence import PresenceConsumer
 from orchestrator.provisioning import Provisioner, ProvisioningConfig
 from orchestrator.registry import NodeInfo, NodeRegistry
+from orchestrator.scheduling_gate import SchedulingGate
 from orchestrator.store import Store
 from orchestrator.store.models import Session
 from orchestrator.webhooks import DispatcherConfig, WebhookDispatcher
@@ -128,7 +129,10 @@ class OrchestratorService(Service):
             ProvisioningConfig(lead_time=self.config.lead_time, interval_s=self.config.provisioning_interval_s),
             on_events=self._dispatcher.wake,
         )
+        gate = SchedulingGate(self._store)
         hooks = ApiHooks(
+            validate_and_assign=gate.validate_and_assign,
+            match=gate.match,
             mint_join_link=self._mint_join_link,
             on_booking_changed=self._on_booking_changed,
             events_emitted=self._dispatcher.wake,

@@ -20,7 +20,7 @@ from orchestrator.api.handlers import OPERATIONS as BOOKING_OPERATIONS
 from orchestrator.api.hooks import ApiHooks
 from orchestrator.api.keys import authenticate, require_scope
 from orchestrator.api.operations import Call, Operation, docs_page, openapi_document, read_body
-from orchestrator.api.ops import OPS_OPERATIONS
+from orchestrator.api.ops import MATCH_OPERATIONS, OPS_OPERATIONS
 from orchestrator.api.problems import PROBLEM_JSON, problem, problem_from_exception
 from orchestrator.errors import (
     IdempotencyKeyInFlightError,
@@ -123,7 +123,11 @@ def build_api_app(store: Store, *, hooks: ApiHooks | None = None) -> web.Applica
     app[STORE] = store
     app[HOOKS] = hooks = hooks or ApiHooks()
     # the operational endpoints exist only where the orchestrator's live state does
-    operations = (*BOOKING_OPERATIONS, *(OPS_OPERATIONS if hooks.ops is not None else ()))
+    operations = (
+        *BOOKING_OPERATIONS,
+        *(MATCH_OPERATIONS if hooks.match is not None else ()),
+        *(OPS_OPERATIONS if hooks.ops is not None else ()),
+    )
     doc = openapi_document(operations)
     app[OPENAPI] = doc
     page = docs_page(doc)

@@ -168,5 +168,7 @@ class ApiHooks:
     on_booking_changed: OnBookingChanged = _ignore_change
     events_emitted: Callable[[], None] = field(default=_no_wake)
     """Called after a commit that wrote outbox events (wire it to ``WebhookDispatcher.wake``)."""
+    match: Callable[[BookingDraft], Awaitable[dict[str, Any]]] | None = None
+    """Rank instructors for a booking request (the scheduling engine); without it /matches is not mounted."""
     ops: OpsView | None = None
     """Live node table and load forecast; without it the ops endpoints answer 503."""

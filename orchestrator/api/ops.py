@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api.handlers import ok
+from orchestrator.api.handlers import _check_times, _when, ok
 from orchestrator.api.hooks import OpsView
 from orchestrator.api.operations import Call, Operation, QueryParam
+from orchestrator.store.models import BookingDraft, InstructorId, StudentId, SubjectId
 
 
 def _ops(call: Call) -> OpsView:
@@ -21,6 +22,40 @@ async def list_nodes(call: Call) -> web.Response:
 async def get_forecast(call: Call) -> web.Response:
     return ok(await _ops(call).forecast(int(call.query.get("hours", 6))))
 
+
+async def match_booking(call: Call) -> web.Response:
+    assert call.hooks.match is not None  # mounted only with the scheduling engine
+    body = call.body
+    start = _when(body["start"])
+    _check_times(start, body["duration_minutes"])
+    draft = BookingDraft(
+        subject_id=SubjectId(body["subject_id"]),
+        student_ids=tuple(StudentId(s) for s in body["student_ids"]),
+        start=start,
+        duration_minutes=body["duration_minutes"],
+        instructor_id=InstructorId(body["instructor_id"]) if body.get("instructor_id") else None,
+        rrule=body.get("rrule") or None,
+        curriculum_unit=body.get("curriculum_unit"),
+    )
+    return ok(await call.hooks.match(draft))
+
+
+MATCH_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "POST",
+        "/matches",
+        "matchInstructors",
+        "Rank the instructors who can take a booking request, with the reasons for each rank",
+        "bookings",
+        "bookings:read",
+        match_booking,
+        "MatchResult",
+        request="BookingCreate",
+        description="Nothing is booked. Without a feasible instructor, failure_counts says which rules excluded "
+        "how many instructors and alternatives lists the nearest feasible times. POST /bookings without "
+        "instructor_id books the best candidate.",
+    ),
+)
 
 OPS_OPERATIONS: tuple[Operation, ...] = (
     Operation(

@@ -296,8 +296,21 @@ COMPONENTS: dict[str, Schema] = {
             "cpu": {"type": "number"},
             "last_seen_s": {"type": "number"},
         },
-        ["node_id", "kind", "region", "state", "version", "url", "rooms", "participants", "streams",
-         "capacity_streams", "load", "cpu", "last_seen_s"],
+        [
+            "node_id",
+            "kind",
+            "region",
+            "state",
+            "version",
+            "url",
+            "rooms",
+            "participants",
+            "streams",
+            "capacity_streams",
+            "load",
+            "cpu",
+            "last_seen_s",
+        ],
     ),
     "NodeList": obj(
         {
@@ -310,6 +323,65 @@ COMPONENTS: dict[str, Schema] = {
             "hot_nodes": {"type": "array", "items": {"type": "string"}},
         },
         ["items", "imbalance", "hot_nodes"],
+    ),
+    "MatchResult": obj(
+        {
+            "feasible": {"type": "boolean"},
+            "candidates": {
+                "type": "array",
+                "description": "feasible instructors, best first, each with the reasons for its rank",
+                "items": obj(
+                    {
+                        "instructor_id": {"type": "string"},
+                        "rank": {"type": "integer"},
+                        "score": {"type": "number"},
+                        "reasons": {
+                            "type": "array",
+                            "items": obj(
+                                {
+                                    "factor": {"type": "string"},
+                                    "score": {"type": "number"},
+                                    "weight": {"type": "number"},
+                                    "detail": {"type": "string"},
+                                },
+                                ["factor", "score", "weight", "detail"],
+                            ),
+                        },
+                    },
+                    ["instructor_id", "rank", "score", "reasons"],
+                ),
+            },
+            "failure_counts": {
+                "type": "object",
+                "description": "rule code -> how many instructors it excluded",
+                "additionalProperties": {"type": "integer"},
+            },
+            "alternatives": {
+                "type": "array",
+                "description": "when nothing is feasible: the nearest feasible times and instructors",
+                "items": obj(
+                    {
+                        "start": DATETIME,
+                        "instructor_id": {"type": "string"},
+                        "score": {"type": "number"},
+                        "why": {"type": "string"},
+                    },
+                    ["start", "instructor_id", "score", "why"],
+                ),
+            },
+            "request_violations": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "rule": {"type": "string"},
+                        "message": {"type": "string"},
+                        "conflicting_session_id": {"type": ["string", "null"]},
+                    },
+                    ["rule", "message", "conflicting_session_id"],
+                ),
+            },
+        },
+        ["feasible", "candidates", "failure_counts", "alternatives", "request_violations"],
     ),
     "Forecast": obj(
         {

@@ -55,6 +55,13 @@ class Timeline:
     def items(self) -> list[tuple[int, int, SessionId]]:
         return list(self._items)
 
+    def copy(self) -> Timeline:
+        other = Timeline()
+        other._starts = list(self._starts)
+        other._items = list(self._items)
+        other._longest = self._longest
+        return other
+
 
 @dataclass(frozen=True, slots=True)
 class Span:
@@ -82,6 +89,19 @@ class InstructorState:
     @property
     def instructor_id(self) -> InstructorId:
         return self.instructor.instructor_id
+
+    def copy(self) -> InstructorState:
+        """An independent copy of the live load; rules and the availability cache are shared."""
+        other = InstructorState.__new__(InstructorState)
+        other.instructor = self.instructor
+        other.clock = self.clock
+        other.windows = self.windows
+        other.leave = list(self.leave)
+        other.timeline = self.timeline.copy()
+        other.per_day = Counter(self.per_day)
+        other.per_week = Counter(self.per_week)
+        other._availability = self._availability
+        return other
 
     @property
     def buffer(self) -> int:
@@ -133,6 +153,18 @@ class ScheduleIndex:
         """Sessions (any status but cancelled) per instructor, student and subject: continuity."""
         self.taught_unit: Counter[tuple[InstructorId, str]] = Counter()
         self.by_booking: dict[str, set[SessionId]] = {}
+
+    def copy(self) -> ScheduleIndex:
+        """A snapshot another thread may read and mutate while this index moves on."""
+        other = ScheduleIndex()
+        other.sessions = dict(self.sessions)
+        other.spans = dict(self.spans)
+        other.instructors = {iid: st.copy() for iid, st in self.instructors.items()}
+        other.students = {sid: tl.copy() for sid, tl in self.students.items()}
+        other.taught = Counter(self.taught)
+        other.taught_unit = Counter(self.taught_unit)
+        other.by_booking = {bid: set(ids) for bid, ids in self.by_booking.items()}
+        return other
 
     def span_of(self, session: Session) -> Span:
         start, end = epoch_minutes(session.start), epoch_minutes(session.end)

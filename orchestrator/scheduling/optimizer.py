@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -216,6 +217,8 @@ class _Progress(cp_model.CpSolverSolutionCallback):
 
     def on_solution_callback(self) -> None:
         self._job._on_solution(self.objective_value, self.best_objective_bound)
+        if self._job._cancelled.is_set():
+            self.stop_search()
 
 
 class OptimizationJob:
@@ -227,9 +230,25 @@ class OptimizationJob:
     solution); ``await job.wait()`` or ``job.join()`` waits for it. ``close()`` cancels and joins.
     """
 
-    def __init__(self, problem: Problem, *, time_limit_s: float, workers: int = 0, part_size: int = 0) -> None:
-        self._problem = problem
+    def __init__(
+        self,
+        problem: Problem | Callable[[], Problem],
+        *,
+        time_limit_s: float,
+        workers: int = 0,
+        part_size: int = 0,
+    ) -> None:
+        """``problem`` is a built Problem, or a builder run on the job's thread (counted in the limit)."""
+        if isinstance(problem, Problem):
+            self._problem = problem
+            self._build: Callable[[], Problem] | None = None
+            self._before = problem.build_s
+        else:
+            self._problem = Problem((), {}, 0.0)
+            self._build = problem
+            self._before = 0.0
         self._part_size = part_size
+        self._part_label = ""
         self._time_limit = time_limit_s
         self._workers = workers
         self._status = JobStatus.PENDING
@@ -301,7 +320,7 @@ class OptimizationJob:
     def _on_solution(self, objective: float, bound: float) -> None:
         with self._lock:
             if self._progress.first_solution_s is None:
-                self._progress.first_solution_s = time.perf_counter() - self._started + self._problem.build_s
+                self._progress.first_solution_s = time.perf_counter() - self._started + self._before
             self._progress.solutions += 1
             self._progress.best_objective = objective
             self._progress.best_bound = bound
@@ -326,6 +345,14 @@ class OptimizationJob:
             self._progress.phase = phase
 
     def _solve(self) -> OptimizationResult | None:
+        if self._build is not None:
+            self._phase("building")
+            self._problem = self._build()
+            if self._cancelled.is_set():
+                return None
+        return self._solve_problem()
+
+    def _solve_problem(self) -> OptimizationResult | None:
         """Solve the whole problem, or consecutive parts of it in start order when it is large.
 
         Parts are solved one after another; each sees the instructors' claims and cap usage of the
@@ -336,14 +363,15 @@ class OptimizationJob:
         order = sorted(range(len(problem.sessions)), key=lambda k: (problem.sessions[k].start, k))
         size = self._part_size if self._part_size > 0 else max(1, len(order))
         parts = [order[i : i + size] for i in range(0, len(order), size)] or [[]]
-        deadline = self._started + self._time_limit - problem.build_s
+        deadline = self._started + self._time_limit - self._before
         usage = _Usage(problem)
         objective = bound = 0.0
         statuses: list[str] = []
         for n, part in enumerate(parts):
             if self._cancelled.is_set():
                 break
-            self._phase(f"solving part {n + 1}/{len(parts)}" if len(parts) > 1 else "solving")
+            self._phase(f"modelling part {n + 1}/{len(parts)}" if len(parts) > 1 else "modelling")
+            self._part_label = f"{n + 1}/{len(parts)}" if len(parts) > 1 else ""
             left = sum(len(p) for p in parts[n:])
             budget = max(0.05, (deadline - time.perf_counter()) * len(part) / max(1, left))
             part_objective, part_bound, status = self._solve_part(part, usage, budget)
@@ -378,7 +406,7 @@ class OptimizationJob:
             gap=gap,
             soft_gap=soft_gap,
             solver_status=status,
-            wall_s=time.perf_counter() - self._started + problem.build_s,
+            wall_s=time.perf_counter() - self._started + self._before,
             build_s=problem.build_s,
             variables=usage.variables,
             first_solution_s=self._progress.first_solution_s,
@@ -438,14 +466,16 @@ class OptimizationJob:
                 over = model.new_int_var(0, len(claims), f"over_{iid}")
                 model.add(over >= sum(x[(k, iid)] for _s, _e, k in claims) - max(0, allowed))
                 terms.append(-OVERLOAD_WEIGHT * over)
-                if allowed < 0:
-                    constant += OVERLOAD_WEIGHT * allowed  # keep the objective comparable across parts
         model.maximize(sum(terms))
         hint = usage.greedy(part, x)
         for (k, iid), var in x.items():
             model.add_hint(var, hint.get(k) == iid)
         if not x:
             return 0.0, 0.0, "EMPTY"
+        hint_value = self._value(hint, usage, share) + constant
+        if self._cancelled.is_set():
+            return self._keep_greedy(part, hint, usage, hint_value)
+        self._phase(f"solving part {self._part_label}" if self._part_label else "solving")
         solver = cp_model.CpSolver()
         solver.parameters.max_time_in_seconds = budget
         if self._workers:
@@ -457,26 +487,45 @@ class OptimizationJob:
         status = solver.solve(model, _Progress(self))
         with self._lock:
             self._solver = None
-        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) and solver.objective_value + constant >= hint_value:
             for (k, iid), var in x.items():
                 if solver.boolean_value(var):
                     usage.take(k, iid)
             return solver.objective_value + constant, solver.best_objective_bound + constant, solver.status_name(status)
-        if status == cp_model.INFEASIBLE or status == cp_model.MODEL_INVALID:
+        if status in (cp_model.INFEASIBLE, cp_model.MODEL_INVALID):
             raise RuntimeError(f"CP-SAT returned {solver.status_name(status)}")
-        # No solution within the budget (or cancelled first): keep the greedy hint, which is feasible.
-        value = 0.0
+        # Nothing better than the greedy hint within the budget: keep the hint, which is feasible.
+        value, upper, label = self._keep_greedy(part, hint, usage, hint_value)
+        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return value, max(value, solver.best_objective_bound + constant), label
+        return value, upper, label
+
+    def _value(self, hint: dict[int, InstructorId], usage: _Usage, share: int) -> float:
+        """The objective of a choice for one part, with the same terms as the model."""
+        problem = self._problem
+        value = 0
+        count: dict[InstructorId, int] = defaultdict(int)
+        for k, iid in hint.items():
+            ps = problem.sessions[k]
+            value += _weight(ps, next(c for c in ps.candidates if c.instructor_id == iid))
+            count[iid] += 1
+        for iid, n in count.items():
+            allowed = share - usage.load[iid]
+            value -= OVERLOAD_WEIGHT * max(0, n - max(0, allowed))
+        return float(value)
+
+    def _keep_greedy(
+        self, part: list[int], hint: dict[int, InstructorId], usage: _Usage, value: float
+    ) -> tuple[float, float, str]:
+        problem = self._problem
         for k, iid in hint.items():
             usage.take(k, iid)
-            value += _weight(
-                problem.sessions[k], next(c for c in problem.sessions[k].candidates if c.instructor_id == iid)
-            )
         if self._progress.first_solution_s is None:
             self._on_solution(value, value)
         ub = sum(
             max((_weight(problem.sessions[k], c) for c in problem.sessions[k].candidates), default=0) for k in part
         )
-        return value, float(ub), "GREEDY"
+        return value, float(max(ub, value)), "GREEDY"
 
 
 def _weight(ps: ProblemSession, cand: Candidate) -> int:

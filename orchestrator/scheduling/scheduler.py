@@ -614,13 +614,42 @@ class Scheduler:
         ``part_size`` solves consecutive parts of that many sessions (default: one model up to
         1500 sessions, parts of 700 above).
         """
-        problem = build_problem(self, epoch_minutes(week_start), days, max_candidates)
+        window_start = epoch_minutes(week_start)
+        snapshot = self.snapshot()
         if part_size is None:
-            part_size = 0 if len(problem.sessions) <= 1500 else 700
-        job = OptimizationJob(problem, time_limit_s=time_limit_s, workers=workers, part_size=part_size)
+            window_end = window_start + days * 1440
+            movable = sum(
+                1
+                for span_id, span in snapshot.index.spans.items()
+                if window_start <= span.start < window_end
+                and snapshot.index.sessions[span_id].status == SessionStatus.SCHEDULED
+            )
+            part_size = 0 if movable <= 1500 else 700
+        job = OptimizationJob(
+            lambda: build_problem(snapshot, window_start, days, max_candidates),
+            time_limit_s=time_limit_s,
+            workers=workers,
+            part_size=part_size,
+        )
         if start_job:
             job.start()
         return job
+
+    def snapshot(self) -> Scheduler:
+        """A copy whose index is independent of this one (for work on another thread).
+
+        Copying is linear in the number of sessions and much cheaper than checking them.
+        """
+        other = Scheduler.__new__(Scheduler)
+        other._clocks = self._clocks
+        other._index = self._index.copy()
+        other._students = dict(self._students)
+        other._subjects = self._subjects
+        other._bookings = dict(self._bookings)
+        other.policy = self.policy
+        other.series_horizon_days = self.series_horizon_days
+        other._rebuild_subject_map()
+        return other
 
     def apply_assignments(self, assignments: dict[SessionId, InstructorId]) -> list[SessionId]:
         """Apply an optimisation result session by session; returns the ids refused as stale."""

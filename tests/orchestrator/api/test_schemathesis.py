@@ -34,8 +34,8 @@ from orchestrator.api import build_api_app, create_api_key
 from orchestrator.store import Store
 from tests.orchestrator.conftest import free_port
 
-BUDGET_SECONDS = 60.0
-EXAMPLES_PER_MODE = 20
+BUDGET_SECONDS = 90.0
+EXAMPLES_PER_MODE = 12
 
 
 class LiveApi:
