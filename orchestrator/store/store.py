@@ -654,7 +654,11 @@ class Store:
         return Page(tuple(sorted(items, key=lambda s: order[s.session_id])), nxt)
 
     async def sessions_in_status(
-        self, status: SessionStatus, *, starts_before: datetime | None = None, ends_before: datetime | None = None,
+        self,
+        status: SessionStatus,
+        *,
+        starts_before: datetime | None = None,
+        ends_before: datetime | None = None,
         limit: int = 200,
     ) -> list[Session]:
         """Sessions in ``status`` (oldest first), for the provisioning and closing loops."""
@@ -665,10 +669,14 @@ class Store:
             cond = sa.and_(cond, t.sessions.c.ends_at <= ends_before)
         async with self.read() as c:
             ids = (
-                await c.execute(
-                    sa.select(t.sessions.c.session_id).where(cond).order_by(t.sessions.c.starts_at).limit(limit)
+                (
+                    await c.execute(
+                        sa.select(t.sessions.c.session_id).where(cond).order_by(t.sessions.c.starts_at).limit(limit)
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             if not ids:
                 return []
             found = await _load_sessions(c, t.sessions.c.session_id.in_(list(ids)))
