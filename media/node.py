@@ -261,7 +261,8 @@ class MediaNode(Service):
                 self._outbox.task_done()
 
     def _to_participant(self, participant_id: str, payload: Payload) -> None:
-        self._post(participant_channel(participant_id), payload)
+        # tagged with the node, so that a participant whose room moved can ignore what its old node still says
+        self._post(participant_channel(participant_id), {**payload, "node_id": self.config.node_id})
 
     def _to_room(self, room_id: str, payload: Payload, *, exclude: str | None = None) -> None:
         for pid, seat in self._seats.items():

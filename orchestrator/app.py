@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from core.bus import Bus, BusError, NoResponderError, Payload, RemoteError, Subscription
 from core.ids import is_valid_id
@@ -49,6 +50,8 @@ from orchestrator.webhooks import DispatcherConfig, WebhookDispatcher
 
 logger = logging.getLogger(__name__)
 
+MIGRATIONS = Counter("classmesh_orchestrator_room_migrations_total", "Rooms moved off a draining node")
+
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "web" / "dashboard"
 
 
@@ -64,6 +67,7 @@ class OrchestratorConfig:
     provisioning_interval_s: float = 2.0
     leader_ttl_ms: int = 3000
     join_link_grace: timedelta = timedelta(hours=1)
+    migration_grace_s: float = 4.0  # make-before-break: the old node keeps the room this long after a move
 
 
 class RpcError(BusError):
@@ -88,7 +92,10 @@ class OrchestratorService(Service):
         self.bus = bus
         self.regions = regions
         self.issuer = issuer
-        self.registry = NodeRegistry(bus, dead_after=config.dead_after, on_dead=self._on_node_dead)
+        self.registry = NodeRegistry(
+            bus, dead_after=config.dead_after, on_dead=self._on_node_dead, on_state=self._on_node_state
+        )
+        self._moving: dict[str, asyncio.Task[None]] = {}
         self.region_selector = region_selector or WorstCaseRttRegionSelector()
         self.node_selector = node_selector or LeastLoadedNodeSelector()
         self.reservations = Reservations()
@@ -143,10 +150,27 @@ class OrchestratorService(Service):
         self._serving = await self.bus.serve(ORCHESTRATOR_RPC, self._handle)
         presence = PresenceConsumer(self.bus, self._store, on_events=self._dispatcher.wake)
         self._presence_task = asyncio.create_task(presence.run(), name="orchestrator:presence")
-        self._leader = LeaderElector(self.bus, "orchestrator", self._provisioner.run, ttl_ms=self.config.leader_ttl_ms)
+        self._leader = LeaderElector(self.bus, "orchestrator", self._leader_work, ttl_ms=self.config.leader_ttl_ms)
         await self._leader.start()
 
+    async def _leader_work(self, token: int) -> None:
+        """What only the leader does: provisioning, and moving rooms off draining nodes."""
+        await asyncio.gather(self.provisioner.run(token), self._migration_loop())
+
+    async def _migration_loop(self) -> None:
+        while True:
+            try:
+                for info in self.registry.nodes("media"):
+                    if info.heartbeat.state == "draining":
+                        self._start_draining(info)
+            except Exception:
+                logger.exception("migration round failed")
+            await asyncio.sleep(1.0)
+
     async def close(self) -> None:
+        for task in self._moving.values():
+            task.cancel()
+        await asyncio.gather(*self._moving.values(), return_exceptions=True)
         if self._leader is not None:
             await self._leader.close()
             self._leader = None
@@ -364,6 +388,57 @@ class OrchestratorService(Service):
         await self.bus.kv_delete(room_key(room_id), if_value=node_id)
         self.reservations.release(room_id)
         self._placing.pop(room_id, None)
+
+    # ------------------------------------------------------------------------------------------ migration
+    async def _on_node_state(self, info: NodeInfo, before: str | None) -> None:
+        if info.heartbeat.kind == "media" and info.heartbeat.state == "draining" and self._leader is not None:
+            if self._leader.is_leader:
+                self._start_draining(info)
+
+    def _start_draining(self, info: NodeInfo) -> None:
+        task = self._moving.get(info.node_id)
+        if task is None or task.done():
+            self._moving[info.node_id] = asyncio.create_task(self.drain_node(info), name=f"drain:{info.node_id}")
+
+    async def drain_node(self, info: NodeInfo) -> None:
+        """Move every room of a draining node to another node of its region, make-before-break."""
+        moved = await asyncio.gather(
+            *(self.migrate_room(room_id, info) for room_id in info.heartbeat.room_ids), return_exceptions=True
+        )
+        failures = [m for m in moved if isinstance(m, BaseException)]
+        for failure in failures:
+            logger.error("node=%s drain: a room could not be moved: %s", info.node_id, failure)
+
+    async def migrate_room(self, room_id: str, source: NodeInfo) -> str | None:
+        """Place ``room_id`` on another node, tell its participants to move, close it on ``source`` later."""
+        if await self.bus.kv_get(room_key(room_id)) != source.node_id:
+            return None  # already moved (or closed)
+        draining = frozenset(n.node_id for n in self.registry.nodes("media") if not n.serving)
+        async with self._placing.setdefault(room_id, asyncio.Lock()):
+            target = self.choose_node(
+                region=source.region,
+                participants=self.config.default_room_size,
+                exclude=draining | {source.node_id},
+            )
+            await self._create_on(target, room_id, None)
+        logger.info("room=%s moving node=%s -> node=%s (drain)", room_id, source.node_id, target.node_id)
+        with contextlib.suppress(Exception):
+            await self.store.update_session(room_id, node_id=target.node_id)
+        await self.bus.publish(
+            room_channel(room_id),
+            {
+                "type": "moved",
+                "room_id": room_id,
+                "node_id": target.node_id,
+                "reason": "drain",
+                "from_node": source.node_id,
+            },
+        )
+        MIGRATIONS.inc()
+        await asyncio.sleep(self.config.migration_grace_s)
+        with contextlib.suppress(BusError):
+            await self.bus.request(node_rpc(source.node_id), {"op": "close_room", "room_id": room_id}, timeout=3.0)
+        return target.node_id
 
     async def _on_node_dead(self, info: NodeInfo) -> None:
         if info.heartbeat.kind != "media":

@@ -1,5 +1,7 @@
 """NodeRegistry: the orchestrator's live view of media nodes, recorders and signaling servers.
 
+``on_state(info, previous_state)`` runs when a node's announced state changes (e.g. serving -> draining).
+
 Fed by heartbeats on the bus (``nodes.heartbeat``). A node whose last heartbeat is older than ``dead_after``
 seconds (3 s by default) is declared dead once: the registry calls ``on_dead`` so that the orchestrator can
 re-place its rooms. A heartbeat with state "stopped" removes the node at once (a clean exit is not a failure).
@@ -11,8 +13,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from core.bus import Bus, Subscription
 from core.messages import NODE_HEARTBEATS, MessageError, NodeHeartbeat, decode
@@ -45,10 +48,13 @@ class NodeRegistry:
         *,
         dead_after: float = 3.0,
         on_dead: Callable[[NodeInfo], Awaitable[None]] | None = None,
+        on_state: Callable[[NodeInfo, str | None], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self._bus = bus
         self._dead_after = dead_after
         self._on_dead = on_dead
+        self._on_state = on_state
+        self._handlers: set[asyncio.Task[None]] = set()
         self._nodes: dict[str, NodeInfo] = {}
         self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -70,9 +76,9 @@ class NodeRegistry:
     async def close(self) -> None:
         if self._sub is not None:
             await self._sub.close()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._handlers]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._handlers]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
@@ -99,9 +105,15 @@ class NodeRegistry:
                 self._nodes.pop(beat.node_id, None)
                 logger.info("node=%s kind=%s left cleanly", beat.node_id, beat.kind)
             else:
-                if beat.node_id not in self._nodes:
+                previous = self._nodes.get(beat.node_id)
+                if previous is None:
                     logger.info("node=%s kind=%s region=%s registered", beat.node_id, beat.kind, beat.region)
-                self._nodes[beat.node_id] = NodeInfo(beat, time.monotonic())
+                info = self._nodes[beat.node_id] = NodeInfo(beat, time.monotonic())
+                before = previous.heartbeat.state if previous is not None else None
+                if before != beat.state and self._on_state is not None:
+                    task = asyncio.create_task(self._on_state(info, before), name=f"registry:state:{beat.node_id}")
+                    self._handlers.add(task)
+                    task.add_done_callback(self._handlers.discard)
             async with self._changed:
                 self._changed.notify_all()
 

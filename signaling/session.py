@@ -125,6 +125,7 @@ class Session:
         self._handover_sub: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
         self._room_sub: Subscription | None = None
+        self._pending_node: str | None = None
         self._room_pump: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -257,9 +258,9 @@ class Session:
                 if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
                     logger.warning("participant=%s dropped a malformed node message", self.participant_id)
                     continue
-                if msg["type"] == "moved" and isinstance(msg.get("node_id"), str):
-                    self._record = replace(self._record, node_id=msg["node_id"])
-                    await self._save()
+                source = msg.get("node_id")
+                if source is not None and source not in self._live_nodes():
+                    continue  # the room moved away from that node: what it still says is stale
                 kick = self._kick
                 await self.deliver(msg)
                 if msg["type"] == "removed":
@@ -271,6 +272,10 @@ class Session:
             raise
         except Exception:
             logger.exception("participant=%s reading node messages failed", self.participant_id)
+
+    def _live_nodes(self) -> tuple[str, ...]:
+        """The nodes whose messages are current: the room's node, and the one it is moving to."""
+        return (self._record.node_id,) if self._pending_node is None else (self._record.node_id, self._pending_node)
 
     async def _read_room(self, subscription: Subscription) -> None:
         """Room-wide control messages. ``moved``: the room now lives on another node (its node failed, or it
@@ -303,6 +308,7 @@ class Session:
             "role": self._record.role,
             "permissions": list(self._record.permissions),
         }
+        self._pending_node = node_id
         for attempt in range(5):
             try:
                 reply = await self._relay.call(node_id, payload)
@@ -317,8 +323,10 @@ class Session:
                 await asyncio.sleep(0.2 * (attempt + 1))
         else:
             logger.error("participant=%s could not follow the room to node=%s", self.participant_id, node_id)
+            self._pending_node = None
             return
         self._record = replace(self._record, node_id=node_id)
+        self._pending_node = None
         await self._save()
         metrics.MOVES.inc()
         logger.info(

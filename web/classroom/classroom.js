@@ -12,6 +12,7 @@ const PROTOCOL_VERSION = 1;
 const GATHER_TIMEOUT_MS = 5000;
 const REQUEST_TIMEOUT_MS = 15000;
 const MAX_BACKOFF_MS = 5000;
+const OLD_PUBLISHER_GRACE_MS = 8000;
 const FATAL_CODES = new Set([
   "token_invalid", "token_expired", "token_wrong_room", "token_role_mismatch", "unsupported_version",
 ]);
@@ -177,6 +178,8 @@ class Classroom {
     this.stopped = false;
     this.events = [];
     this.tiles = new Map(); // key -> {el, video, stream}
+    this.next = null; // during a move: {subscriber, trackMap} on the new node
+    this.frameStats = new Map(); // tile key -> {last, maxGap, frames}: what people see, frame by frame
     this.sources = new Map(); // publisher transceiver -> camera | microphone | screen
   }
 
@@ -406,15 +409,52 @@ class Classroom {
   }
 
   onMoved(msg) {
-    // The room now lives on another node (its node failed, or it is being moved): new peer connections there.
-    // Signaling has already joined us on the new node; the local camera and microphone stay open.
+    // The room now lives on another node: signaling has already joined us there. Make before break: build new
+    // peer connections to the new node while the old ones keep playing, switch when the new one decodes video
+    // from everyone, then close the old ones. (When the old node died, the old connections are dead anyway.)
     this.log(`room moved to node ${msg.node_id} (${msg.reason || "moved"})`);
     this.moves += 1;
     if (msg.ice_servers) this.iceServers = msg.ice_servers;
-    this.teardownMedia({ keepLocal: true });
-    this.trackMap.clear();
-    this.subscriber = this.createSubscriber();
-    if (this.canPublish()) this.startPublishing();
+    if (this.next) this.next.subscriber.close();
+    const old = { publisher: this.publisher, subscriber: this.subscriber };
+    this.next = { subscriber: this.createSubscriber(), trackMap: new Map() };
+    this.publisher = null;
+    this.screenTransceiver = null;
+    this.publisherChain = Promise.resolve();
+    if (this.canPublish() && this.localStream) this.startPublishing();
+    this.switchWhenReady(old, msg.reason === "node_failed" ? 0 : 5000);
+  }
+
+  async switchWhenReady(old, patienceMs) {
+    const next = this.next;
+    const deadline = performance.now() + patienceMs;
+    while (patienceMs > 0 && performance.now() < deadline && this.next === next) {
+      if (next.subscriber.connectionState === "connected" && (await this.decodesEveryone(next))) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    if (this.next !== next) return; // superseded by another move
+    this.subscriber = next.subscriber;
+    this.trackMap = next.trackMap;
+    this.next = null;
+    if (old.subscriber) old.subscriber.close();
+    // Others may still be watching us through the old node until they switch too: keep publishing there
+    // until the old node closes the room (the orchestrator's grace period), then let go.
+    if (old.publisher) setTimeout(() => old.publisher.close(), OLD_PUBLISHER_GRACE_MS);
+    this.log("switched to the new node");
+    this.renderAll();
+  }
+
+  async decodesEveryone(next) {
+    const cameras = [...this.participants.values()].filter((p) => (p.tracks || []).some((t) => t.source === "camera"));
+    const decoded = new Set();
+    const report = await next.subscriber.getStats();
+    const byMid = new Map([...next.subscriber.getTransceivers()].map((t) => [t.mid, t]));
+    for (const s of report.values()) {
+      if (s.type !== "inbound-rtp" || s.kind !== "video" || !(s.framesDecoded > 0)) continue;
+      const info = next.trackMap.get(s.mid ?? [...byMid.entries()].find(([, t]) => t.receiver.track.id === s.trackIdentifier)?.[0]);
+      if (info) decoded.add(info.participant_id);
+    }
+    return cameras.every((p) => decoded.has(p.participant_id));
   }
 
   onData(msg) {
@@ -455,15 +495,18 @@ class Classroom {
   }
 
   async answerSubscriberOffer(msg) {
-    const pc = this.subscriber;
+    // after a move, offers come from the new node and belong to the new subscriber connection
+    const target = this.next || this;
+    const pc = target.subscriber;
+    const trackMap = target.trackMap;
     if (!pc || !this.socket) return;
-    for (const [mid, info] of Object.entries(msg.tracks || {})) this.trackMap.set(mid, info);
+    for (const [mid, info] of Object.entries(msg.tracks || {})) trackMap.set(mid, info);
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await gatheringComplete(pc);
     // forget mids the node no longer sends
     const live = new Set(Object.keys(msg.tracks || {}));
-    for (const mid of [...this.trackMap.keys()]) if (!live.has(mid)) this.trackMap.delete(mid);
+    for (const mid of [...trackMap.keys()]) if (!live.has(mid)) trackMap.delete(mid);
     await this.socket.request({ type: "subscriber_answer", sdp: pc.localDescription.sdp });
     this.renderAll();
   }
@@ -520,7 +563,8 @@ class Classroom {
   }
 
   teardownMedia({ keepLocal = false } = {}) {
-    for (const pc of [this.publisher, this.subscriber]) if (pc) pc.close();
+    for (const pc of [this.publisher, this.subscriber, this.next?.subscriber]) if (pc) pc.close();
+    this.next = null;
     this.publisher = null;
     this.subscriber = null;
     this.screenTransceiver = null;
@@ -700,6 +744,7 @@ class Classroom {
         tile = { el, video, stream };
         this.tiles.set(key, tile);
         grid.append(el);
+        if (!spec.local) this.watchFrames(key, video);
       }
       const { el, stream, video } = tile;
       el.classList.toggle("local", Boolean(spec.local) && spec.role !== "screen");
@@ -722,6 +767,33 @@ class Classroom {
       }
       if (changed) video.play().catch(() => {});
     }
+  }
+
+  /** Record when each remote tile shows a new frame, to measure the longest freeze (e.g. during a move). */
+  watchFrames(key, video) {
+    if (!video.requestVideoFrameCallback) return;
+    const stat = { last: 0, maxGap: 0, frames: 0 };
+    this.frameStats.set(key, stat);
+    const onFrame = (now) => {
+      if (stat.last) stat.maxGap = Math.max(stat.maxGap, now - stat.last);
+      stat.last = now;
+      stat.frames += 1;
+      if (this.tiles.get(key)?.video === video) video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  frameGaps() {
+    const now = performance.now();
+    const out = {};
+    for (const [key, s] of this.frameStats) {
+      out[key] = { frames: s.frames, maxGapMs: Math.round(s.maxGap), sinceLastMs: s.last ? Math.round(now - s.last) : null };
+    }
+    return out;
+  }
+
+  resetFrameGaps() {
+    for (const s of this.frameStats.values()) s.maxGap = 0;
   }
 
   burst(key, emoji) {
@@ -826,6 +898,8 @@ function main() {
   window.classmesh = {
     get state() { return room.state; },
     get moves() { return room.moves; },
+    frameGaps: () => room.frameGaps(),
+    resetFrameGaps: () => room.resetFrameGaps(),
     get participantId() { return room.participantId; },
     get participants() { return [...room.participants.values()]; },
     get pcs() { return { publisher: room.publisher, subscriber: room.subscriber }; },
