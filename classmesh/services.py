@@ -7,16 +7,19 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.bus import Bus, open_bus
 from core.config import CommonConfig
 from core.regions import Region, Regions, load_regions
 from core.service import ServiceHost, run_hosts
 from core.tokens import TokenIssuer, TokenVerifier, load_or_create_dev_keys
-from media.node import MediaNode, MediaNodeConfig, TurnConfig
-from orchestrator.app import OrchestratorConfig, OrchestratorService
-from recorder.worker import RecorderConfig, RecorderWorker
-from signaling.app import SignalingService
+
+if TYPE_CHECKING:
+    from media.node import TurnConfig
+
+# Each builder imports its own service: a signaling process should not pay for loading the media stack or the
+# scheduling solver (start-up CPU competes with live media on the same machine).
 
 
 def _url(host: str, port: int) -> str:
@@ -26,6 +29,8 @@ def _url(host: str, port: int) -> str:
 
 def turn_configs(region: Region, environ: dict[str, str] | None = None) -> tuple[TurnConfig, ...]:
     """TURN servers of a region with their shared secrets resolved from the environment (here, at the edge)."""
+    from media.node import TurnConfig
+
     env = os.environ if environ is None else environ
     return tuple(TurnConfig(t.urls, env.get(t.secret_env) if t.secret_env else None) for t in region.turn)
 
@@ -43,6 +48,8 @@ def build_media(
     udp_ports: tuple[int, int] | None = None,
     capacity: int = 0,
 ) -> ServiceHost:
+    from media.node import MediaNode, MediaNodeConfig
+
     config = MediaNodeConfig(
         node_id=node_id,
         region=region.name,
@@ -60,6 +67,8 @@ def build_media(
 def build_signaling(
     *, bus: Bus, verifier: TokenVerifier, region: str, host: str, port: int, public_url: str = ""
 ) -> ServiceHost:
+    from signaling.app import SignalingService
+
     service = SignalingService(bus, verifier, region=region, public_url=public_url or _url(host, port))
     return ServiceHost(service, host, port)
 
@@ -75,6 +84,8 @@ def build_recorder(
     region: str = "any",
     public_url: str = "",
 ) -> ServiceHost:
+    from recorder.worker import RecorderConfig, RecorderWorker
+
     config = RecorderConfig(
         worker_id=worker_id, storage=storage, public_url=public_url or _url(host, port), region=region, version=version
     )
@@ -93,6 +104,8 @@ def build_orchestrator(
     signaling_url: str,
     public_url: str = "",
 ) -> ServiceHost:
+    from orchestrator.app import OrchestratorConfig, OrchestratorService
+
     config = OrchestratorConfig(
         public_url=public_url or _url(host, port),
         signaling_url=signaling_url,

@@ -135,7 +135,9 @@ class ServiceHost:
     async def start(self) -> None:
         """Start the service (it may open what its routes need), then listen."""
         await self.service.start()
-        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        # shutdown_timeout: a connection still open when the service has closed (a client reconnecting during the
+        # drain) must not hold the process for aiohttp's default minute
+        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False, shutdown_timeout=3.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()

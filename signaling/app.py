@@ -274,7 +274,13 @@ class SignalingService(Service):
             logger.warning("classroom client not found at %s; /room pages will 404", self._static_dir)
         app.on_shutdown.append(self._on_shutdown)
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if self.state is not ServiceState.SERVING:
+            # draining or stopping: no new sockets here; the client retries and reaches another process
+            return web.json_response(
+                {"type": "error", "code": "signaling_draining", "message": "this signaling process is shutting down"},
+                status=503,
+            )
         ws = web.WebSocketResponse(heartbeat=self._config.heartbeat_s, max_msg_size=WS_MAX_MESSAGE_BYTES)
         await ws.prepare(request)
         connection = Connection(ws, self)
