@@ -1,0 +1,244 @@
+"""What the generator records, at RTP level and without decoding.
+
+Publishers: every RTP packet their DTLS transport sends, as (CLOCK_MONOTONIC time, payload CRC-32,
+flags). Subscribers: every RTP packet routed to their receivers, the same way, before aiortc's RTP
+stack sees it; with ``loss`` > 0 a random fraction is dropped right there, so aiortc's NACK generator
+(kept working by :class:`media.forwarding.ReceiverTap`) asks the SFU for them and the RTX answers are
+recorded. Nothing is depacketised or decoded. CLOCK_MONOTONIC is shared by all processes of one Linux
+machine, so publisher send times and subscriber receive times can be subtracted directly.
+
+The payload (not the header) identifies a packet across the SFU: SFUs that forward rewrite SSRC,
+sequence number and timestamp but leave the payload alone. VP8 payloads carry a picture id that
+grows with every frame, so a payload is unique within a loop of the clip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import zlib
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
+
+from media.forwarding import ReceiverTap, transceiver_codecs
+
+# flags of a record
+VIDEO = 1
+MARKER = 2
+RTX = 4  # a retransmission (payload unwrapped before hashing)
+DROPPED = 8  # dropped by the injected loss
+
+
+@dataclass
+class PacketLog:
+    """Parallel arrays: one entry per packet (times in CLOCK_MONOTONIC seconds)."""
+
+    times: array = field(default_factory=lambda: array("d"))
+    hashes: array = field(default_factory=lambda: array("I"))
+    flags: array = field(default_factory=lambda: array("B"))
+
+    def add(self, t: float, h: int, f: int) -> None:
+        self.times.append(t)
+        self.hashes.append(h)
+        self.flags.append(f)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def _payload_offset(data: bytes) -> int:
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:
+        offset += 4 + 4 * int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return offset
+
+
+def _is_rtcp(data: bytes) -> bool:
+    return len(data) > 1 and 192 <= data[1] <= 223
+
+
+def _wrap_send(pc: RTCPeerConnection, observer: Callable[[bytes], None]) -> None:
+    # RTCDtlsTransport._send_rtp is where aiortc hands every outgoing RTP/RTCP packet (before SRTP).
+    # With BUNDLE all transceivers end up on one transport; every distinct one is wrapped (once, on
+    # the instance), so it does not matter whether bundling has been settled yet.
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.sender.transport
+        if getattr(transport, "_bench_wrapped", False):
+            continue
+        original = transport._send_rtp
+
+        async def send(data: bytes, original: Callable[[bytes], Any] = original) -> None:
+            observer(data)
+            await original(data)
+
+        transport._send_rtp = send  # type: ignore[method-assign]
+        setattr(transport, "_bench_wrapped", True)  # noqa: B010 - a marker on a foreign object
+
+
+class PublisherTap:
+    """Records the send time of every RTP packet a publisher's peer connection sends."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        self.log = PacketLog()
+        self._video_pts: set[int] = set()
+        self._rtx_pts: set[int] = set()
+        for transceiver in pc.getTransceivers():
+            for codec in transceiver_codecs(transceiver):
+                if transceiver.kind == "video":
+                    self._video_pts.add(codec.payload_type)
+                if codec.rtx_payload_type is not None:
+                    self._rtx_pts.add(codec.rtx_payload_type)
+        _wrap_send(pc, self._observe)
+
+    def _observe(self, data: bytes) -> None:
+        if _is_rtcp(data) or len(data) < 12:
+            return
+        now = time.monotonic()
+        pt = data[1] & 0x7F
+        payload = data[_payload_offset(data) :]
+        if pt in self._rtx_pts:
+            self.log.add(now, zlib.crc32(payload[2:]), VIDEO | RTX)
+            return
+        flags = (VIDEO if pt in self._video_pts else 0) | (MARKER if data[1] & 0x80 else 0)
+        self.log.add(now, zlib.crc32(payload), flags)
+
+
+def count_nacks(data: bytes) -> tuple[int, int]:
+    """(NACK messages, sequence numbers asked for) in one compound RTCP packet."""
+    messages = requested = 0
+    pos = 0
+    while pos + 4 <= len(data):
+        fmt, pt = data[pos] & 0x1F, data[pos + 1]
+        length = 4 * (int.from_bytes(data[pos + 2 : pos + 4], "big") + 1)
+        if pt == 205 and fmt == 1:
+            messages += 1
+            for fci in range(pos + 12, pos + length, 4):
+                blp = int.from_bytes(data[fci + 2 : fci + 4], "big")
+                requested += 1 + blp.bit_count()
+        pos += length
+    return messages, requested
+
+
+class SubscriberTap:
+    """Counts what one subscriber peer connection receives; injects loss; keeps NACKs working.
+
+    Call :meth:`tap` for each receiving transceiver once it exists and before media flows, and
+    :meth:`watch_rtcp` once (counts the NACKs this peer sends).
+    """
+
+    def __init__(self, loss: float = 0.0, seed: int | None = None) -> None:
+        self.log = PacketLog()
+        self.loss = loss
+        self.nack_messages = 0
+        self.nacked_packets = 0
+        self.first_video = 0.0
+        self.receiving = asyncio.Event()  # set with the first video packet
+        self._random = random.Random(seed)
+        self._arrivals: dict[int, float] = {}  # (ssrc << 16 | seq) -> time the datagram reached the socket
+        self._watched: set[int] = set()
+        self.stack_lags: list[float] = []  # sampled: socket arrival -> our handler (the generator's own lag)
+        self._tapped: set[int] = set()
+        self._receiver_taps: list[ReceiverTap] = []
+
+    def watch_rtcp(self, pc: RTCPeerConnection) -> None:
+        _wrap_send(pc, self._outgoing)
+
+    def _outgoing(self, data: bytes) -> None:
+        if _is_rtcp(data):
+            messages, requested = count_nacks(data)
+            self.nack_messages += messages
+            self.nacked_packets += requested
+
+    def _watch_arrivals(self, transceiver: RTCRtpTransceiver) -> None:
+        """Stamp RTP datagrams as aioice's socket protocol receives them, before aiortc's queues.
+
+        SRTP leaves the RTP header in the clear, so SSRC and sequence number identify the datagram
+        and the stamp is picked up when the decrypted packet reaches :meth:`tap`'s handler."""
+        connection = getattr(transceiver.receiver.transport.transport, "_connection", None)
+        for protocol in getattr(connection, "_protocols", ()):
+            if id(protocol) in self._watched:
+                continue
+            self._watched.add(id(protocol))
+
+            def received(
+                data: bytes,
+                addr: Any,
+                original: Callable[[bytes, Any], None] = protocol.datagram_received,
+                arrivals: dict[int, float] = self._arrivals,
+            ) -> None:
+                if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+                    arrivals[int.from_bytes(data[8:12], "big") << 16 | int.from_bytes(data[2:4], "big")] = (
+                        time.monotonic()
+                    )
+                original(data, addr)
+
+            protocol.datagram_received = received
+
+    def tap(self, transceiver: RTCRtpTransceiver) -> None:
+        receiver = transceiver.receiver
+        if id(receiver) in self._tapped or transceiver.kind not in ("audio", "video"):
+            return
+        self._tapped.add(id(receiver))
+        video = transceiver.kind == "video"
+        inner: Callable[[Any, int], Any] | None = None
+        if video:
+            # keeps aiortc's receiver statistics, RTX unwrapping and NACK generator, never decodes
+            self._receiver_taps.append(ReceiverTap(receiver, self._ignore_rtp, self._ignore_report))
+            inner = receiver._handle_rtp_packet
+        self._install(receiver, transceiver, video, inner)
+
+    def _install(
+        self,
+        receiver: RTCRtpReceiver,
+        transceiver: RTCRtpTransceiver,
+        video: bool,
+        inner: Callable[[Any, int], Any] | None,
+    ) -> None:
+        log, rng, kind_flag = self.log, self._random, VIDEO if video else 0
+        rtx_pts: set[int] | None = None
+
+        lags, counter = self.stack_lags, 0
+
+        async def handle(packet: Any, arrival_time_ms: int) -> None:
+            nonlocal rtx_pts, counter
+            handled = time.monotonic()
+            now = self._arrivals.pop(packet.ssrc << 16 | packet.sequence_number, handled)
+            if rtx_pts is None:
+                # the ICE sockets exist once the answer is applied: from the first packet on
+                self._watch_arrivals(transceiver)
+                rtx_pts = {c.rtx_payload_type for c in transceiver_codecs(transceiver) if c.rtx_payload_type}
+            counter += 1
+            if counter % 8 == 0:
+                lags.append(handled - now)
+            payload = packet.payload
+            if packet.payload_type in rtx_pts:
+                flags, h = kind_flag | RTX, zlib.crc32(payload[2:])
+            else:
+                flags, h = kind_flag | (MARKER if packet.marker else 0), zlib.crc32(payload)
+            if self.loss and rng.random() < self.loss:
+                log.add(now, h, flags | DROPPED)
+                return
+            if video and not self.first_video:
+                self.first_video = now
+                self.receiving.set()
+            log.add(now, h, flags)
+            if inner is not None:
+                await inner(packet, arrival_time_ms)
+
+        # aiortc's RTP router looks the handler up on the receiver instance
+        receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+    async def _ignore_rtp(self, packet: Any, arrival: float) -> None:
+        return None
+
+    def _ignore_report(self, report: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        for tap in self._receiver_taps:
+            tap.close()

@@ -1,0 +1,316 @@
+"""SFU capacity benchmark: the CPU an SFU spends per forwarded stream, next to its baselines.
+
+    .venv/bin/python bench/sfu_capacity.py --publishers 4 --subscribers-per-publisher 16 \\
+        --baseline janus,mediarelay --warmup 5 --duration 30
+
+A load generator in its own processes (aiortc publishers sending a pre-encoded VP8 640x480 30 fps
+~1 Mbit/s clip, optionally Opus; subscribers that count RTP without decoding) connects through each
+target's own signaling: room ``i`` holds publisher ``i`` and its subscribers. After the warm-up it
+measures over a fixed window: the SFU processes' CPU (user+sys from /proc), the generator's own CPU,
+per-subscriber packet and frame delivery, forwarding delay (publisher send time to subscriber receive
+time, both CLOCK_MONOTONIC), NACKs and retransmissions, and, with ``--loss``, how many of the packets
+dropped on the way to subscribers were recovered. Prints one JSON object (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.loadgen import cpu  # noqa: E402
+from bench.loadgen import targets as targets_module  # noqa: E402
+from bench.loadgen.clip import ensure_clip  # noqa: E402
+from bench.loadgen.report import ratio, summarize  # noqa: E402
+from bench.loadgen.targets import JANUS_ADDRESS, JANUS_INTERFACE, TARGETS, TargetUnavailable, make_target  # noqa: E402
+from bench.loadgen.workers import WorkerSpec, worker_main  # noqa: E402
+
+SUBSCRIBERS_PER_PROCESS = 16
+NETNS_ENV = "CLASSMESH_BENCH_NETNS"  # set inside the namespace: the Janus interface, or "none"
+
+
+def _targets(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        if name not in TARGETS:
+            raise argparse.ArgumentTypeError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    return names
+
+
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number < 1.0:
+        raise argparse.ArgumentTypeError("must be a fraction in [0, 1), e.g. 0.02 for 2 %")
+    return number
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", choices=TARGETS, default="classmesh", help="the SFU under test")
+    parser.add_argument(
+        "--baseline", type=_targets, default=[], help="comma list of baselines run on the same load (janus,mediarelay)"
+    )
+    parser.add_argument("--publishers", type=_positive, default=4)
+    parser.add_argument("--subscribers-per-publisher", type=_positive, default=16)
+    parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=False, help="also send Opus audio")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds after everyone receives, before measuring")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of the measuring window")
+    parser.add_argument("--loss", type=_fraction, default=0.0, help="random loss between SFU and subscribers")
+    parser.add_argument("--subscriber-processes", type=int, default=0, help="0 = one per 16 subscribers")
+    parser.add_argument("--connect-timeout", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON object to this file")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="nice value (-20..19) for the scheduler autogroups of the SFU and of each generator process "
+        "(each runs in its own session); negative needs root. Default: leave them at 0",
+    )
+    parser.add_argument(
+        "--netns",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: run inside a private loopback-only network namespace when root (needed by janus)",
+    )
+    return parser
+
+
+class _WorkerHandle:
+    def __init__(self, spec: WorkerSpec) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child, spec), name=f"bench-{spec.role}", daemon=True)
+        self.process.start()
+        child.close()
+
+    async def expect(self, kind: str, timeout: float) -> Any:
+        conn: Connection = self.conn
+        deadline = time.monotonic() + timeout
+        # short polls, so that an interrupted run is not held up by a waiting thread
+        while not await asyncio.to_thread(conn.poll, 0.25):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"a generator process sent nothing for {timeout:.0f}s (waiting for {kind})")
+            if not self.process.is_alive() and not conn.poll():
+                raise RuntimeError(f"a generator process exited with code {self.process.exitcode}")
+        message = conn.recv()
+        if message[0] == "error":
+            raise RuntimeError(f"a generator process failed:\n{message[1]}")
+        if message[0] != kind:
+            raise RuntimeError(f"a generator process sent {message[0]!r}, expected {kind!r}")
+        return message[1]
+
+    def send(self, *command: Any) -> None:
+        self.conn.send(command)
+
+    async def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self.send("close")
+            except (BrokenPipeError, OSError):
+                pass
+            await asyncio.to_thread(self.process.join, 15)
+        if self.process.is_alive():
+            self.process.terminate()
+            await asyncio.to_thread(self.process.join, 5)
+
+
+async def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Start ``name``, put the load on it, measure, stop it; the figures of that run."""
+    target = make_target(name, janus_interface=args.janus_interface)
+    workers: list[_WorkerHandle] = []
+    publishers, per = args.publishers, args.subscribers_per_publisher
+    streams = publishers * per
+    try:
+        try:
+            endpoint = await target.start(publishers, args.audio)
+        except TargetUnavailable as exc:
+            return {"available": False, "reason": str(exc)}
+        timeout = args.connect_timeout + 10
+        pub = _WorkerHandle(
+            WorkerSpec(
+                "publisher", endpoint, tuple(range(publishers)), args.audio, connect_timeout=args.connect_timeout
+            )
+        )
+        workers.append(pub)
+        await pub.expect("ready", timeout)
+        rooms = [room for room in range(publishers) for _ in range(per)]
+        procs = args.subscriber_processes or max(1, math.ceil(streams / SUBSCRIBERS_PER_PROCESS))
+        procs = min(procs, streams)
+        subs: list[_WorkerHandle] = []
+        for k in range(procs):
+            spec = WorkerSpec(
+                "subscriber",
+                endpoint,
+                tuple(rooms[k::procs]),
+                args.audio,
+                loss=args.loss,
+                seed=args.seed * 1000 + k,
+                connect_timeout=args.connect_timeout,
+                autogroup_nice=args.priority,
+            )
+            subs.append(_WorkerHandle(spec))
+        workers.extend(subs)
+        infos = [await w.expect("ready", timeout + 30) for w in subs]
+        receiving = sum(i["receiving"] for i in infos)
+        await asyncio.sleep(args.warmup)
+        sfu_pids = target.pids()
+        gen_pids = [w.process.pid for w in workers if w.process.pid is not None]
+        for w in workers:
+            w.send("mark")
+        t0 = time.monotonic()
+        sfu_start, gen_start = cpu.sample(sfu_pids, t0), cpu.sample(gen_pids, t0)
+        await asyncio.sleep(args.duration)
+        t1 = time.monotonic()
+        sfu_end, gen_end = cpu.sample(sfu_pids, t1), cpu.sample(gen_pids, t1)
+        await asyncio.sleep(0.5)  # packets in flight at the end of the window
+        for w in workers:
+            w.send("collect")
+        pub_data = await pub.expect("data", 60)
+        sub_data = [await w.expect("data", 60) for w in subs]
+    finally:
+        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        await target.stop()
+    sfu_cores = cpu.cores_used(sfu_start, sfu_end)
+    subscribers = [s for d in sub_data for s in d["subscribers"]]
+    result: dict[str, Any] = {
+        "available": True,
+        "streams": streams,
+        "audio_streams": streams if args.audio else 0,
+        "publishers": publishers,
+        "subscribers": len(subscribers),
+        "subscribers_receiving_at_start": receiving,
+        "window_s": round(t1 - t0, 3),
+        "sfu_processes": len(sfu_pids),
+        "sfu_cpu_cores": round(sfu_cores, 4),
+        "sfu_core_per_stream": round(sfu_cores / streams, 6),
+        "generator_cpu_cores": round(cpu.cores_used(gen_start, gen_end), 4),
+        "generator_processes": len(gen_pids),
+    }
+    result.update(summarize(name, pub_data["publishers"], subscribers, t0, t1, args.audio))
+    return result
+
+
+def _ratios(target: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    main = results.get(target, {})
+    out: dict[str, Any] = {}
+    for name, other in results.items():
+        if name == target:
+            continue
+        key = f"{target}/{name}"
+        if not main.get("available") or not other.get("available"):
+            out[key] = None
+            continue
+        main_delay, other_delay = main.get("delay_ms") or {}, other.get("delay_ms") or {}
+        out[key] = {
+            "core_per_stream": ratio(main["sfu_core_per_stream"], other["sfu_core_per_stream"]),
+            "delay_p99": ratio(main_delay.get("p99"), other_delay.get("p99")),
+        }
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    ensure_clip()  # encode once, before anything is measured
+    names = [args.target] + [b for b in args.baseline if b != args.target]
+    results: dict[str, dict[str, Any]] = {}
+    load_before = os.getloadavg()
+    for name in names:
+        results[name] = await run_target(name, args)
+    load_after = os.getloadavg()
+    return {
+        "benchmark": "sfu_capacity",
+        "config": {
+            "target": args.target,
+            "baselines": [n for n in names if n != args.target],
+            "publishers": args.publishers,
+            "subscribers_per_publisher": args.subscribers_per_publisher,
+            "audio": args.audio,
+            "warmup_s": args.warmup,
+            "priority": args.priority,
+            "duration_s": args.duration,
+            "loss": args.loss,
+            "media": "VP8 640x480 30 fps ~1 Mbit/s pre-encoded" + (", Opus 48 kHz" if args.audio else ""),
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            # other work on the machine skews every figure: check this before trusting a run
+            "loadavg_1m_before": round(load_before[0], 2),
+            "loadavg_1m_after": round(load_after[0], 2),
+        },
+        "private_netns": args.in_netns,
+        "targets": results,
+        "ratios": _ratios(args.target, results),
+    }
+
+
+def _reexec_in_netns(argv: list[str]) -> int | None:
+    """Run this script again inside a new network namespace: lo, plus a veth pair that connects to
+    nothing, one end holding 127.0.0.2/32 for Janus. None when that is not possible here."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    setup = (
+        "ip link set lo up || exit 97; "
+        f"if ip link add {JANUS_INTERFACE} type veth peer name {JANUS_INTERFACE}p 2>/dev/null"
+        f" && ip addr add {JANUS_ADDRESS}/32 dev {JANUS_INTERFACE}"
+        f" && ip link set {JANUS_INTERFACE}p up && ip link set {JANUS_INTERFACE} up;"
+        f" then export {NETNS_ENV}={JANUS_INTERFACE}; else export {NETNS_ENV}=none; fi; "
+        'exec "$@"'
+    )
+    argv_inner = [sys.executable, str(Path(__file__).resolve()), *argv]
+    env = {**os.environ, NETNS_ENV: "starting"}
+    code = subprocess.call(["unshare", "--net", "--", "bash", "-c", setup, "bash", *argv_inner], env=env)
+    return None if code == 97 else code
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # asyncio.run cancels the run; each target is stopped by its finally block
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    netns = os.environ.get(NETNS_ENV)
+    if args.netns == "auto" and netns is None:
+        code = _reexec_in_netns(argv)
+        if code is not None:
+            return code
+    args.janus_interface = netns if netns not in (None, "none", "starting") else None
+    args.in_netns = netns is not None
+    signal.signal(signal.SIGTERM, _interrupt)
+    targets_module.AUTOGROUP_NICE = args.priority
+    report = asyncio.run(run(args))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json_out is not None:
+        args.json_out.write_text(text + "\n")
+    main_result = report["targets"][args.target]
+    return 0 if main_result.get("available") else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
