@@ -1,0 +1,17 @@
+"""Prometheus metrics of the recorder (module-level, bounded labels: kind only)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACTIVE_RECORDINGS = Gauge("classmesh_recorder_active_recordings", "Recording copies currently running")
+BYTES_WRITTEN = Counter("classmesh_recorder_bytes_written_total", "Encoded media bytes written", ["kind"])
+SEGMENTS = Counter("classmesh_recorder_segments_total", "Segments completed (fsynced and listed)")
+GAPS = Counter("classmesh_recorder_gaps_total", "Gaps noted in recorded tracks", ["kind"])
+FAILOVERS = Counter("classmesh_recorder_failovers_total", "Recording copies failed over to another worker")
+STORAGE_ERRORS = Counter("classmesh_recorder_storage_errors_total", "Storage errors by code", ["code"])
+COVERAGE = Histogram(
+    "classmesh_recorder_coverage_ratio",
+    "Coverage of finished recordings (recorded seconds / seconds of media sent)",
+    buckets=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0),
+)

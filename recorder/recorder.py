@@ -1,0 +1,365 @@
+"""Recorder: one copy of one room's recording.
+
+States: created -> joining (bus join as a hidden, subscribe-only participant, role "recorder")
+-> recording (answers every subscriber offer; taps each receiver's RTP before aiortc depacketises
+it, with ``media.forwarding.ReceiverTap``) -> closed | failed (storage error, join refused).
+
+Per received track: ``Depacketizer`` (RTP -> frames) -> ``TrackClock`` (RTP timestamp -> node
+wall clock from the SFU's sender reports) -> ``SegmentWriter``. Frames are held back per track
+until its clock has enough SRs (``TrackClock.synced``), at most ``sr_wait`` seconds; after that
+they are written with the arrival-time fallback (see recorder/clock.py). Every second ``on_progress`` receives a
+:class:`Progress` (bytes per track, last keyframe time, gaps, clock drift, storage error).
+
+``close()`` is idempotent: it leaves the room, closes the peer connection and completes the open
+segment(s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from core.bus import Bus, Subscription
+from core.messages import node_rpc, participant_channel
+from media.forwarding import ReceiverTap, rtc_configuration, transceiver_codecs
+from media.rtp import SenderReport
+
+from . import metrics
+from .clock import TrackClock
+from .depacketize import Depacketizer, EncodedFrame
+from .errors import JoinError, StorageError
+from .writer import SegmentInfo, SegmentWriter, TrackInfo
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderConfig:
+    node_id: str
+    room_id: str
+    participant_id: str  # this copy's hidden participant id
+    copy_id: str
+    directory: Path
+    container: str = "mkv"
+    segment_seconds: float = 10.0
+    sr_wait: float = 4.0
+    progress_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    copy_id: str
+    room_id: str
+    at: float
+    bytes: int
+    segments: int
+    tracks: dict[str, dict[str, Any]]
+    gaps: int
+    clock_drift_ms: dict[str, float]
+    error: dict[str, object] | None = None
+
+
+@dataclass
+class _Track:
+    info: TrackInfo
+    clock_rate: int
+    depacketizer: Depacketizer
+    clock: TrackClock
+    tap: ReceiverTap | None = None
+    held: list[EncodedFrame] = field(default_factory=list)
+    first_arrival: float | None = None
+    ssrc: int | None = None
+    streaming: bool = False  # its frames were released once; never held again
+    bytes_metric: Any = None  # the labelled child of BYTES_WRITTEN, looked up once
+
+
+_BWE_LINE = re.compile(r"^a=(extmap:\d+ \S*abs-send-time|rtcp-fb:\d+ goog-remb)\b.*$")
+
+
+def without_bandwidth_estimation(sdp: str) -> str:
+    """The offer minus abs-send-time and goog-remb, so the recorder's peer connection never sends
+    REMB: a recorder takes full quality and must not make the SFU pause its video (the SFU pauses a
+    subscriber's video when its REMB is below the bitrate of the tracks it receives)."""
+    return "\r\n".join(line for line in sdp.split("\r\n") if not _BWE_LINE.match(line))
+
+
+class Recorder:
+    def __init__(self, config: RecorderConfig, bus: Bus, on_progress: Callable[[Progress], None] | None = None) -> None:
+        self.config = config
+        self._bus = bus
+        self._on_progress = on_progress
+        self._pc: RTCPeerConnection | None = None
+        self._subscription: Subscription | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._tracks: dict[str, _Track] = {}  # by mid
+        self._error: StorageError | None = None
+        self._closed = False
+        self._pli_tasks: set[asyncio.Task[None]] = set()
+        self.writer = SegmentWriter(
+            config.directory,
+            config.copy_id,
+            container=config.container,
+            segment_seconds=config.segment_seconds,
+            header_wait=config.sr_wait + 3.0,  # hold-back plus a 2 s GOP before the first keyframe
+            on_keyframe_needed=self._keyframe_needed,
+            on_segment=self._segment_done,
+        )
+
+    @property
+    def error(self) -> StorageError | None:
+        return self._error
+
+    async def start(self) -> None:
+        c = self.config
+        self._subscription = await self._bus.subscribe(participant_channel(c.participant_id))
+        self._pc = RTCPeerConnection(rtc_configuration())
+        self._pc.on("track", self._on_track)
+        try:
+            await self._bus.request(
+                node_rpc(c.node_id),
+                {
+                    "op": "join",
+                    "room_id": c.room_id,
+                    "participant_id": c.participant_id,
+                    "identity": f"recorder:{c.copy_id}",
+                    "name": "recorder",
+                    "role": "recorder",
+                    "permissions": ["subscribe"],
+                },
+            )
+        except Exception as exc:
+            await self.close()
+            raise JoinError(f"room={c.room_id} node={c.node_id}: join refused: {exc}") from exc
+        metrics.ACTIVE_RECORDINGS.inc()
+        self._listener = asyncio.create_task(self._listen(), name=f"recorder-signal:{c.copy_id}")
+        self._reporter = asyncio.create_task(self._report_loop(), name=f"recorder-progress:{c.copy_id}")
+        logger.info("copy=%s room=%s node=%s recording", c.copy_id, c.room_id, c.node_id)
+
+    # -- signaling -----------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        assert self._subscription is not None
+        async for message in self._subscription:
+            try:
+                if message.get("type") == "subscriber_offer":
+                    await self._answer(str(message["sdp"]), message.get("tracks") or {})
+                elif message.get("type") == "removed":
+                    logger.warning("copy=%s removed from room: %s", self.config.copy_id, message.get("reason"))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("copy=%s could not handle %s", self.config.copy_id, message.get("type"))
+
+    async def _answer(self, sdp: str, tracks: dict[str, dict[str, str]]) -> None:
+        assert self._pc is not None
+        offer = without_bandwidth_estimation(sdp)
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        for mid, state in list(self._tracks.items()):
+            desc = tracks.get(mid)
+            if desc is None or self._track_id(desc, mid) != state.info.track_id:
+                self._end_track(mid)  # the node stopped or reused this m-section
+        answer = await self._pc.createAnswer()
+        await self._pc.setLocalDescription(answer)
+        await self._bus.request(
+            node_rpc(self.config.node_id),
+            {
+                "op": "subscriber_answer",
+                "participant_id": self.config.participant_id,
+                "sdp": self._pc.localDescription.sdp,
+            },
+        )
+        for transceiver in self._pc.getTransceivers():
+            tmid = transceiver.mid
+            if tmid is not None and tmid in tracks and tmid not in self._tracks:
+                self._begin_track(transceiver, tmid, tracks[tmid])
+
+    @staticmethod
+    def _track_id(desc: dict[str, str], mid: str) -> str:
+        """The same for both copies: publisher and source (not the mid, which is per connection)."""
+        return f"{desc.get('participant_id', '')}:{desc.get('source', mid)}"
+
+    def _on_track(self, track: Any) -> None:
+        pass  # receivers are tapped in _begin_track; aiortc's decoding path never runs
+
+    def _begin_track(self, transceiver: Any, mid: str, desc: dict[str, str]) -> None:
+        codecs = transceiver_codecs(transceiver)
+        if not codecs:
+            return
+        codec = codecs[0].name
+        if codec not in ("vp8", "h264", "opus"):
+            logger.warning("copy=%s mid=%s codec %s not recordable", self.config.copy_id, mid, codec)
+            return
+        info = TrackInfo(
+            self._track_id(desc, mid),
+            desc.get("kind", transceiver.kind),
+            codec,
+            desc.get("participant_id", ""),
+            desc.get("source", ""),
+        )
+        state = _Track(info, codecs[0].clock_rate, Depacketizer(codec), TrackClock(codecs[0].clock_rate))
+        state.bytes_metric = metrics.BYTES_WRITTEN.labels(info.kind)
+        self._tracks[mid] = state
+        self.writer.add_track(info)
+
+        async def on_rtp(packet: Any, arrival: float) -> None:
+            state.ssrc = packet.ssrc
+            self._on_packet(state, packet, time.time())
+
+        def on_sr(report: SenderReport) -> None:
+            state.clock.sender_report(report.ntp_timestamp, report.rtp_timestamp)
+            self._release(state, force=False)
+
+        state.tap = ReceiverTap(transceiver.receiver, on_rtp, on_sr)
+
+    def _end_track(self, mid: str) -> None:
+        state = self._tracks.pop(mid, None)
+        if state is None:
+            return
+        if state.tap is not None:
+            state.tap.close()
+        self._write(state, state.depacketizer.flush())
+        self._release(state, force=True)
+        self.writer.remove_track(state.info.track_id)
+
+    # -- media ---------------------------------------------------------------------------------
+
+    def _on_packet(self, state: _Track, packet: Any, now: float) -> None:
+        if self._error is not None or self._closed:
+            return
+        frames = state.depacketizer.push(
+            packet.sequence_number, packet.timestamp, bool(packet.marker), packet.payload, now
+        )
+        self._write(state, frames)
+
+    def _write(self, state: _Track, frames: list[EncodedFrame]) -> None:
+        for frame in frames:
+            state.clock.observe(frame.timestamp, frame.arrival)
+            state.held.append(frame)
+            if state.first_arrival is None:
+                state.first_arrival = frame.arrival
+        self._release(state, force=False)
+
+    def _ready(self, state: _Track, now: float) -> bool:
+        waited = state.first_arrival is not None and now - state.first_arrival >= self.config.sr_wait
+        return state.clock.synced or waited
+
+    def _release(self, state: _Track, *, force: bool) -> None:
+        """Write held frames. At the start every track holds its frames until its clock is synced;
+        the held frames of all starting tracks are then written together in wall-clock order, so
+        the segment cuts (decided on wall time) see the tracks side by side, not one burst after
+        another. Once streaming, a track is never held again (a re-anchored clock must not stall it)."""
+        if not state.held or self._error is not None:
+            return
+        if state.streaming:
+            batch = [(state, frame) for frame in state.held]
+            state.held = []
+        else:
+            now = time.time()
+            starting = [s for s in self._tracks.values() if not s.streaming and s.held]
+            if state not in starting:
+                starting.append(state)
+            if not force and not all(self._ready(s, now) for s in starting):
+                return
+            batch = []
+            for s in starting:
+                s.streaming = True
+                batch += [(s, frame) for frame in s.held]
+                s.held = []
+            batch.sort(key=lambda item: item[0].clock.wall(item[1].timestamp))
+        try:
+            for s, frame in batch:
+                self.writer.write(
+                    s.info.track_id, frame, s.clock.wall(frame.timestamp), clock=s.clock.source or "arrival"
+                )
+                s.bytes_metric.inc(len(frame.data))
+                if frame.after_loss:
+                    metrics.GAPS.labels(s.info.kind).inc()
+        except StorageError as exc:
+            self._storage_failed(exc)
+
+    def _storage_failed(self, exc: StorageError) -> None:
+        if self._error is None:
+            self._error = exc
+            metrics.STORAGE_ERRORS.labels(exc.code).inc()
+            logger.error("copy=%s storage error: %s", self.config.copy_id, exc.message)
+            self._report()
+
+    def _keyframe_needed(self, track_id: str) -> None:
+        for state in self._tracks.values():
+            if state.info.track_id == track_id and state.tap is not None and state.ssrc is not None:
+                task = asyncio.get_running_loop().create_task(state.tap.send_pli(state.ssrc))
+                self._pli_tasks.add(task)
+                task.add_done_callback(self._pli_tasks.discard)
+
+    def _segment_done(self, info: SegmentInfo) -> None:
+        metrics.SEGMENTS.inc()
+
+    # -- progress ------------------------------------------------------------------------------
+
+    def progress(self) -> Progress:
+        stats = self.writer.stats()
+        return Progress(
+            copy_id=self.config.copy_id,
+            room_id=self.config.room_id,
+            at=time.time(),
+            bytes=stats.bytes,
+            segments=stats.segments,
+            tracks=stats.per_track,
+            gaps=stats.gaps,
+            clock_drift_ms={s.info.track_id: round(s.clock.drift * 1000, 2) for s in self._tracks.values()},
+            error=self._error.describe() if self._error else None,
+        )
+
+    def _report(self) -> None:
+        if self._on_progress is not None:
+            try:
+                self._on_progress(self.progress())
+            except Exception:
+                logger.exception("copy=%s progress callback failed", self.config.copy_id)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.progress_interval)
+            now = time.time()
+            for state in list(self._tracks.values()):
+                self._write(state, state.depacketizer.poll(now))
+            self._report()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def close(self) -> list[SegmentInfo]:
+        if self._closed:
+            return self.writer.segments
+        self._closed = True
+        for task in (self._listener, self._reporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(Exception):
+            await self._bus.request(
+                node_rpc(self.config.node_id), {"op": "leave", "participant_id": self.config.participant_id}
+            )
+        if self._subscription is not None:
+            await self._subscription.close()
+        self._closed = False  # let the last frames through
+        for mid in list(self._tracks):
+            self._end_track(mid)
+        self._closed = True
+        if self._pc is not None:
+            await self._pc.close()
+        segments = await asyncio.to_thread(self.writer.close)
+        if self._listener is not None:
+            metrics.ACTIVE_RECORDINGS.dec()
+        self._report()
+        return segments
