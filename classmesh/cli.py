@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     revoke = key_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("key_id", help="the key's id (cmk_...)")
     key_sub.add_parser("list", help="list keys (never their secrets)")
+    roll = orch_sub.add_parser("rollout", help="rolling upgrade of the media fleet (through the running orchestrator)")
+    roll.add_argument("--to", required=True, dest="to_version", help="the version to roll out")
+    roll.add_argument("--region", action="append", dest="regions", default=None, help="region to walk (repeatable)")
+    roll.add_argument("--max-unavailable", type=int, default=1, help="nodes away at once (default 1)")
+    roll.add_argument("--url", default="http://127.0.0.1:8700", help="the orchestrator's URL")
+    add_option(roll, "--api-key", env="CLASSMESH_API_KEY", default="", help="an API key with the admin scope")
+    roll.add_argument("--no-wait", action="store_true", help="start it and return instead of following progress")
 
     sig = sub.add_parser("signaling", help="browser signaling and the classroom page", description=_doc("signaling"))
     add_common_options(sig, default_port=8701)
@@ -171,6 +179,9 @@ def default_database_url(data_dir: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # the version a node announces (placement never mixes versions in a room; rollouts wait for it):
+    # the package's, unless the deployment labels its build with CLASSMESH_VERSION
+    version = os.environ.get("CLASSMESH_VERSION") or __version__
     if args.command == "join-link":
         return _join_link(args)
     configure_logging(args.log_format, args.log_level)
@@ -179,14 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         from classmesh.dev import run_dev
 
-        return run(lambda: run_dev(args, __version__))
+        return run(lambda: run_dev(args, version))
+    if args.command == "orchestrator" and args.orchestrator_command == "rollout":
+        from classmesh.services import rollout_command
+
+        return asyncio.run(rollout_command(args))
     if args.command == "orchestrator" and args.orchestrator_command == "api-key":
         from classmesh.services import api_key_command
 
         return asyncio.run(api_key_command(args))
     from classmesh import services
 
-    common = common_from_args(args, __version__)
+    common = common_from_args(args, version)
     builders = {
         "orchestrator": services.run_orchestrator,
         "signaling": services.run_signaling,

@@ -25,11 +25,14 @@ from typing import Any
 
 import aiohttp
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
 from aiortc.sdp import SessionDescription
 
 from media.forwarding import observe_receiver, rtc_configuration
 
 logger = logging.getLogger(__name__)
+
+OLD_PUBLISHER_GRACE_S = 8.0
 
 
 class SignalingError(Exception):
@@ -74,6 +77,7 @@ class ClassroomClient:
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing: list[tuple[str, MediaStreamTrack]] = []
+        self._relay = MediaRelay()
         self._lock = asyncio.Lock()
         self.pub: RTCPeerConnection | None = None
         self.sub: RTCPeerConnection | None = None
@@ -214,20 +218,35 @@ class ClassroomClient:
         self._publishing = list(tracks)
         await self._send_publish()
 
-    async def _send_publish(self) -> None:
+    async def _send_publish(self, *, keep_old_for: float = 0.0) -> None:
         if not self._publishing:
             return
-        if self.pub is not None:
-            await asyncio.shield(self.pub.close())
+        old = self.pub
         self.pub = RTCPeerConnection(rtc_configuration())
         sources: dict[str, str] = {}
-        added = [(source, self.pub.addTransceiver(track, direction="sendonly")) for source, track in self._publishing]
+        # aiortc stops a track when its sender stops: each connection gets its own relay of the source track
+        added = [
+            (source, self.pub.addTransceiver(self._relay.subscribe(track), direction="sendonly"))
+            for source, track in self._publishing
+        ]
         await self.pub.setLocalDescription(await self.pub.createOffer())
         for source, transceiver in added:
             if transceiver.mid is not None:
                 sources[transceiver.mid] = source
         reply = await self.request({"type": "publish", "sdp": self.pub.localDescription.sdp, "sources": sources})
         await self.pub.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+        if old is not None:
+            if keep_old_for > 0:
+                self._spawn(self._close_later(old, keep_old_for), "client-close-old-publisher")
+            else:
+                await asyncio.shield(old.close())
+
+    @staticmethod
+    async def _close_later(pc: RTCPeerConnection, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            await asyncio.shield(pc.close())
 
     async def _follow_move(self) -> None:
         """The room moved to another node: new peer connections there (signaling already re-joined us)."""
@@ -237,7 +256,8 @@ class ClassroomClient:
             self._new_subscriber()
             if old_sub is not None:
                 await asyncio.shield(old_sub.close())
-        await self._send_publish()
+        # others may still watch us through the old node until they move too: keep publishing there a while
+        await self._send_publish(keep_old_for=OLD_PUBLISHER_GRACE_S)
 
     # --------------------------------------------------------------------------------------- queries
     def received_from(self, publisher: str, kind: str) -> int:

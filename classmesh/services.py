@@ -230,3 +230,41 @@ async def api_key_command(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.close()
+
+
+async def rollout_command(args: argparse.Namespace) -> int:
+    """``classmesh orchestrator rollout``: start a rollout through the API and follow it until it ends."""
+    import asyncio
+
+    import aiohttp
+
+    url = args.url.rstrip("/") + "/v1/rollouts"
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    body: dict[str, object] = {"to_version": args.to_version, "max_unavailable": args.max_unavailable}
+    if args.regions:
+        body["regions"] = args.regions
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(url, json=body) as resp:
+            reply = await resp.json()
+            if resp.status != 202:
+                print(f"classmesh orchestrator rollout: {resp.status} {reply.get('detail', reply)}", file=sys.stderr)
+                return 1
+        print(f"rollout {reply['rollout_id']} to {reply['to_version']}: pending {', '.join(reply['pending']) or '-'}")
+        if args.no_wait:
+            return 0
+        last = ""
+        while True:
+            await asyncio.sleep(1.0)
+            async with http.get(url + "/current") as resp:
+                state = await resp.json()
+            line = (
+                f"{state['state']}: done {len(state['done'])}, in progress {', '.join(state['current']) or '-'}, "
+                f"pending {len(state['pending'])}"
+            )
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if state["state"] != "running":
+                if state.get("error"):
+                    print(f"error: {state['error']}", file=sys.stderr)
+                return 0 if state["state"] == "done" else 1

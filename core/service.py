@@ -57,6 +57,12 @@ class Service:
     def __init__(self) -> None:
         self._state = ServiceState.STARTING
         self._set_state_metric()
+        self.retire_requested = asyncio.Event()
+
+    def request_retire(self) -> None:
+        """Ask the runner to drain this service and stop it (as SIGTERM does, but for this service alone:
+        in ``classmesh dev`` the other services of the process keep running; alone in a process, it exits 0)."""
+        self.retire_requested.set()
 
     @property
     def state(self) -> ServiceState:
@@ -105,6 +111,7 @@ class ServiceHost:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        self._closed = False
 
     @property
     def url(self) -> str:
@@ -160,6 +167,9 @@ class ServiceHost:
             logger.exception("service=%s drain failed", self.service.name)
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         try:
             await self.service.close()
         except Exception:
@@ -205,7 +215,25 @@ async def run_hosts(
             result = on_started(started)
             if asyncio.iscoroutine(result):
                 await result
-        await stop.wait()
+        retired: set[ServiceHost] = set()
+
+        async def retire_when_asked(host: ServiceHost) -> None:
+            await host.service.retire_requested.wait()
+            logger.info("service=%s retiring on request", host.service.name)
+            await host.drain(time.monotonic() + drain_timeout)
+            await host.close()
+            retired.add(host)
+            if len(retired) == len(started):
+                stop.set()
+
+        watchers = [asyncio.create_task(retire_when_asked(h), name=f"retire:{h.service.name}") for h in started]
+        try:
+            await stop.wait()
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        started = [h for h in started if h not in retired]
         deadline = time.monotonic() + drain_timeout
         drains: asyncio.Future[list[None]] = asyncio.gather(*(h.drain(deadline) for h in started))
         hurried: asyncio.Future[bool] = asyncio.ensure_future(hurry.wait())

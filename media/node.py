@@ -146,6 +146,7 @@ class MediaNode(Service):
             "moderate": self._op_moderate,
             "state": self._op_state,
             "leave": self._op_leave,
+            "drain": self._op_drain,
         }
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -584,6 +585,12 @@ class MediaNode(Service):
             "node_id": self.config.node_id,
             "pending_offer": seat.pending_offer,
         }
+
+    async def _op_drain(self, payload: Payload) -> Payload:
+        """The orchestrator's rolling upgrade asks this node to drain and exit (its deployment replaces it)."""
+        logger.info("node=%s drain requested over the bus", self.config.node_id)
+        self.request_retire()
+        return {"node_id": self.config.node_id, "state": "draining"}
 
     async def _op_leave(self, payload: Payload) -> Payload:
         pid = self._str(payload, "participant_id", ident=True)

@@ -156,6 +156,8 @@ class Subscriber:
                 self._dirty = True
                 return
             pc = self._connection()
+            if pc.connectionState == "closed":
+                return  # the participant is going away (its connection closed); nothing to offer
             offer = await pc.createOffer()
             await pc.setLocalDescription(offer)
             self._offering = True

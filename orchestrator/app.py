@@ -28,6 +28,7 @@ from core.service import Service
 from core.tokens import TokenIssuer
 from orchestrator.api.app import build_api_app
 from orchestrator.api.hooks import ApiHooks, BookingChange
+from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError
 from orchestrator.forecast import forecast
 from orchestrator.leader import LeaderElector
 from orchestrator.placement import (
@@ -43,6 +44,7 @@ from orchestrator.placement import (
 from orchestrator.presence import PresenceConsumer
 from orchestrator.provisioning import Provisioner, ProvisioningConfig
 from orchestrator.registry import NodeInfo, NodeRegistry
+from orchestrator.rollout import RolloutConflictError, RolloutDriver, RolloutError
 from orchestrator.scheduling_gate import SchedulingGate
 from orchestrator.store import Store
 from orchestrator.store.models import Session
@@ -96,6 +98,7 @@ class OrchestratorService(Service):
             bus, dead_after=config.dead_after, on_dead=self._on_node_dead, on_state=self._on_node_state
         )
         self._moving: dict[str, asyncio.Task[None]] = {}
+        self.rollouts = RolloutDriver(bus, self.registry, lambda: [r.name for r in regions])
         self.region_selector = region_selector or WorstCaseRttRegionSelector()
         self.node_selector = node_selector or LeastLoadedNodeSelector()
         self.reservations = Reservations()
@@ -155,7 +158,7 @@ class OrchestratorService(Service):
 
     async def _leader_work(self, token: int) -> None:
         """What only the leader does: provisioning, and moving rooms off draining nodes."""
-        await asyncio.gather(self.provisioner.run(token), self._migration_loop())
+        await asyncio.gather(self.provisioner.run(token), self._migration_loop(), self.rollouts.run())
 
     async def _migration_loop(self) -> None:
         while True:
@@ -255,6 +258,24 @@ class OrchestratorService(Service):
                 imbalance[region.name] = round(max(loads) - min(loads), 4)
         hot = [n.node_id for n in self.registry.nodes("media") if self._load(n) >= threshold]
         return {"items": items, "imbalance": imbalance, "hot_nodes": hot}
+
+    async def start_rollout(self, to_version: str, regions: list[str] | None, max_unavailable: int) -> dict[str, Any]:
+        try:
+            await self.rollouts.start(to_version, regions=regions, max_unavailable=max_unavailable)
+        except RolloutConflictError as exc:
+            raise InvalidStateError(str(exc)) from None
+        except RolloutError as exc:
+            raise InvalidInputError(str(exc), [FieldError("/regions", str(exc))]) from None
+        view = await self.rollouts.view()
+        assert view is not None
+        return view
+
+    async def rollout(self) -> dict[str, Any] | None:
+        return await self.rollouts.view()
+
+    async def cancel_rollout(self) -> dict[str, Any] | None:
+        await self.rollouts.cancel()
+        return await self.rollouts.view()
 
     async def forecast(self, hours: int) -> dict[str, Any]:
         now = datetime.now(UTC)

@@ -181,3 +181,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Any]:
         for host in reversed(started):
             await host.close()
         await built.bus.close()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def loopback_ice() -> None:
+    """Every aiortc peer a test creates announces 127.0.0.1 only: tests never use the machine's LAN address
+    (inside `make test`'s network namespace there is nothing else anyway)."""
+    from media.forwarding import configure_ice
+
+    configure_ice(["127.0.0.1"])

@@ -35,12 +35,13 @@ def http_json(url: str, key: str | None = None, timeout: float = 3.0) -> tuple[i
 class ServiceProcess:
     """One `classmesh <service>` process with its log in a file."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path, port: int) -> None:
+    def __init__(self, name: str, args: list[str], log_dir: Path, port: int, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.port = port
+        self.args = args
         self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("w")
-        env = os.environ | {"PYTHONWARNINGS": "default"}
+        self._log = self.log_path.open("a")
+        env = os.environ | {"PYTHONWARNINGS": "default"} | (env or {})
         self.process = subprocess.Popen([CLASSMESH, *args], stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -159,7 +160,7 @@ class Fleet:
         self.procs["signaling"] = ServiceProcess("signaling", args, self.logs, self.signaling_port)
         return self.procs["signaling"]
 
-    def start_media(self, node_id: str, *extra: str) -> ServiceProcess:
+    def start_media(self, node_id: str, *extra: str, version: str | None = None) -> ServiceProcess:
         port = self.node_ports[node_id]
         args = [
             "media",
@@ -174,7 +175,8 @@ class Fleet:
             str(self.public_key),
             *extra,
         ]
-        proc = ServiceProcess(node_id, args, self.logs, port)
+        env = {"CLASSMESH_VERSION": version} if version else None
+        proc = ServiceProcess(node_id, args, self.logs, port, env)
         self.procs[node_id] = proc
         return proc
 
@@ -189,6 +191,9 @@ class Fleet:
     def join_url(self, room: str, name: str, role: str = "student") -> str:
         token = self.issuer.mint(room=room, identity=name.lower(), name=name, role=role)
         return f"http://127.0.0.1:{self.signaling_port}/room/{room}?token={token}"
+
+    def signaling_url(self) -> str:
+        return f"http://127.0.0.1:{self.signaling_port}"
 
     def token(self, room: str, name: str, role: str = "student") -> str:
         return self.issuer.mint(room=room, identity=name.lower(), name=name, role=role)

@@ -158,6 +158,14 @@ class OpsView(Protocol):
 
     async def forecast(self, hours: int) -> dict[str, Any]: ...
 
+    async def start_rollout(
+        self, to_version: str, regions: list[str] | None, max_unavailable: int
+    ) -> dict[str, Any]: ...
+
+    async def rollout(self) -> dict[str, Any] | None: ...
+
+    async def cancel_rollout(self) -> dict[str, Any] | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ApiHooks:

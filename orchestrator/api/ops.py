@@ -7,6 +7,7 @@ from aiohttp import web
 from orchestrator.api.handlers import _check_times, _when, ok
 from orchestrator.api.hooks import OpsView
 from orchestrator.api.operations import Call, Operation, QueryParam
+from orchestrator.errors import NotFoundError
 from orchestrator.store.models import BookingDraft, InstructorId, StudentId, SubjectId
 
 
@@ -57,7 +58,65 @@ MATCH_OPERATIONS: tuple[Operation, ...] = (
     ),
 )
 
+
+async def start_rollout(call: Call) -> web.Response:
+    body = call.body
+    view = await _ops(call).start_rollout(body["to_version"], body.get("regions"), body.get("max_unavailable", 1))
+    return ok(view, 202)
+
+
+async def get_rollout(call: Call) -> web.Response:
+    view = await _ops(call).rollout()
+    if view is None:
+        raise NotFoundError("rollout", "current")
+    return ok(view)
+
+
+async def cancel_rollout(call: Call) -> web.Response:
+    view = await _ops(call).cancel_rollout()
+    if view is None:
+        raise NotFoundError("rollout", "current")
+    return ok(view)
+
+
 OPS_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "POST",
+        "/rollouts",
+        "startRollout",
+        "Start a rolling upgrade of the media fleet to a version, one node at a time",
+        "operations",
+        "admin",
+        start_rollout,
+        "Rollout",
+        202,
+        request="RolloutCreate",
+        errors=(409, 422),
+        description="Each node is drained (its classes move to other nodes without a reload), replaced by the "
+        "deployment at the new version, and waited for before the next. 409 while another rollout runs.",
+    ),
+    Operation(
+        "GET",
+        "/rollouts/current",
+        "getRollout",
+        "The current (or last) rollout and its progress",
+        "operations",
+        "ops:read",
+        get_rollout,
+        "Rollout",
+        errors=(404,),
+    ),
+    Operation(
+        "POST",
+        "/rollouts/current/cancel",
+        "cancelRollout",
+        "Stop the running rollout after the node in progress",
+        "operations",
+        "admin",
+        cancel_rollout,
+        "Rollout",
+        errors=(404,),
+    ),
     Operation(
         "GET",
         "/nodes",

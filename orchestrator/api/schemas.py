@@ -324,6 +324,53 @@ COMPONENTS: dict[str, Schema] = {
         },
         ["items", "imbalance", "hot_nodes"],
     ),
+    "RolloutCreate": obj(
+        {
+            "to_version": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 64,
+                "pattern": r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
+            },
+            "regions": {
+                "type": "array",
+                "items": ID,
+                "maxItems": 64,
+                "uniqueItems": True,
+                "description": "regions to walk, in order (default: all)",
+            },
+            "max_unavailable": {"type": "integer", "minimum": 1, "maximum": 16, "default": 1},
+        },
+        ["to_version"],
+    ),
+    "Rollout": obj(
+        {
+            "rollout_id": {"type": "string"},
+            "to_version": {"type": "string"},
+            "regions": {"type": "array", "items": {"type": "string"}},
+            "max_unavailable": {"type": "integer"},
+            "state": {"type": "string", "enum": ["running", "done", "failed", "cancelled"]},
+            "done": {"type": "array", "items": {"type": "string"}},
+            "current": {"type": "array", "items": {"type": "string"}},
+            "pending": {"type": "array", "items": {"type": "string"}},
+            "error": {"type": ["string", "null"]},
+            "started_at": {"type": "number"},
+            "updated_at": {"type": "number"},
+        },
+        [
+            "rollout_id",
+            "to_version",
+            "regions",
+            "max_unavailable",
+            "state",
+            "done",
+            "current",
+            "pending",
+            "error",
+            "started_at",
+            "updated_at",
+        ],
+    ),
     "MatchResult": obj(
         {
             "feasible": {"type": "boolean"},
