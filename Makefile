@@ -43,10 +43,14 @@ test: system-deps $(STAMP) lint
 test-fast: $(STAMP)
 	scripts/in-loopback-netns.sh $(BIN)/pytest -m "not browser and not multiprocess" $(PYTEST_ARGS)
 
-## bench: full benchmarks (JSON on stdout; copy results into docs/benchmarks.md)
+## bench: full benchmarks (JSON on stdout; copy results into docs/benchmarks.md). Janus baselines need
+## `apt-get install janus` (see bench/README.md); without it they report themselves unavailable.
 bench: system-deps $(STAMP)
 	$(BIN)/python bench/scheduling.py --scale 1
 	$(BIN)/python bench/scheduling.py --scale 10
+	$(BIN)/python bench/recording.py --publishers 3 --warmup 6 --window 20
+	for subs in 5 16 25; do $(BIN)/python bench/sfu_capacity.py --publishers 4 --subscribers-per-publisher $$subs \
+	  --no-audio --warmup 5 --duration 30 --baseline janus,mediarelay; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
