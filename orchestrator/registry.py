@@ -17,10 +17,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Gauge
+
 from core.bus import Bus, Subscription
 from core.messages import NODE_HEARTBEATS, MessageError, NodeHeartbeat, decode
 
 logger = logging.getLogger(__name__)
+
+LAST_HEARTBEAT = Gauge(
+    "classmesh_orchestrator_node_last_heartbeat_timestamp_seconds",
+    "When each live node last heartbeat (unix time); the series disappears when the node leaves or dies",
+    ["kind", "region", "node"],
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +110,14 @@ class NodeRegistry:
             if not isinstance(beat, NodeHeartbeat):
                 continue
             if beat.state == "stopped":
-                self._nodes.pop(beat.node_id, None)
+                self._forget(self._nodes.pop(beat.node_id, None))
                 logger.info("node=%s kind=%s left cleanly", beat.node_id, beat.kind)
             else:
                 previous = self._nodes.get(beat.node_id)
                 if previous is None:
                     logger.info("node=%s kind=%s region=%s registered", beat.node_id, beat.kind, beat.region)
                 info = self._nodes[beat.node_id] = NodeInfo(beat, time.monotonic())
+                LAST_HEARTBEAT.labels(beat.kind, beat.region, beat.node_id).set(time.time())
                 before = previous.heartbeat.state if previous is not None else None
                 if before != beat.state and self._on_state is not None:
                     task = asyncio.create_task(self._on_state(info, before), name=f"registry:state:{beat.node_id}")
@@ -117,13 +126,19 @@ class NodeRegistry:
             async with self._changed:
                 self._changed.notify_all()
 
+    @staticmethod
+    def _forget(info: NodeInfo | None) -> None:
+        if info is not None:
+            with contextlib.suppress(KeyError):
+                LAST_HEARTBEAT.remove(info.heartbeat.kind, info.heartbeat.region, info.node_id)
+
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(self._dead_after / 6)
             now = time.monotonic()
             for node_id, info in list(self._nodes.items()):
                 if now - info.last_seen > self._dead_after:
-                    del self._nodes[node_id]
+                    self._forget(self._nodes.pop(node_id))
                     logger.warning("node=%s kind=%s missed heartbeats: dead", node_id, info.heartbeat.kind)
                     if self._on_dead is not None:
                         try:

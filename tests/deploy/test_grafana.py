@@ -22,8 +22,8 @@ REQUIRED_METRICS = {
     "participants": "classmesh_media_participants",
     "forwarded packets": "classmesh_media_forwarded_packets_total",
     "CPU": "process_cpu_seconds_total",
-    "NACK": "classmesh_media_nack_received_total",
-    "PLI": "classmesh_media_pli_sent_total",
+    "NACK": "classmesh_media_nacks_received_total",
+    "PLI": "classmesh_media_plis_sent_total",
     "recordings": "classmesh_recorder_active_recordings",
     "API latency": "classmesh_orchestrator_api_request_duration_seconds_bucket",
 }

@@ -744,7 +744,7 @@ class Classroom {
         tile = { el, video, stream };
         this.tiles.set(key, tile);
         grid.append(el);
-        if (!spec.local) this.watchFrames(key, video);
+        this.watchFrames(key, video);
       }
       const { el, stream, video } = tile;
       el.classList.toggle("local", Boolean(spec.local) && spec.role !== "screen");
@@ -772,10 +772,11 @@ class Classroom {
   /** Record when each remote tile shows a new frame, to measure the longest freeze (e.g. during a move). */
   watchFrames(key, video) {
     if (!video.requestVideoFrameCallback) return;
-    const stat = { last: 0, maxGap: 0, frames: 0 };
+    const stat = { last: 0, maxGap: 0, frames: 0, first: 0 };
     this.frameStats.set(key, stat);
     const onFrame = (now) => {
       if (stat.last) stat.maxGap = Math.max(stat.maxGap, now - stat.last);
+      if (!stat.first) stat.first = now; // ms since the page started loading
       stat.last = now;
       stat.frames += 1;
       if (this.tiles.get(key)?.video === video) video.requestVideoFrameCallback(onFrame);
@@ -787,7 +788,12 @@ class Classroom {
     const now = performance.now();
     const out = {};
     for (const [key, s] of this.frameStats) {
-      out[key] = { frames: s.frames, maxGapMs: Math.round(s.maxGap), sinceLastMs: s.last ? Math.round(now - s.last) : null };
+      out[key] = {
+        frames: s.frames,
+        maxGapMs: Math.round(s.maxGap),
+        sinceLastMs: s.last ? Math.round(now - s.last) : null,
+        firstFrameMs: s.first ? Math.round(s.first) : null,
+      };
     }
     return out;
   }

@@ -1,0 +1,131 @@
+"""Join latency: from the moment a Chromium page starts loading a join link to the first decoded frame of a
+remote participant's video, over N joins into a room where one participant is already publishing.
+
+The baseline in the same run is the same page's first frame of its *own* camera (getUserMedia, no network):
+the ratio says how much the join itself (signaling, placement, ICE, DTLS, keyframe) adds on this machine.
+
+    .venv/bin/python bench/join_latency.py --joins 20
+
+Prints one JSON object. Runs the whole stack in this process on loopback (run it inside a network namespace with
+only `lo`, as `make test` does, or it may pick the machine's LAN address for ICE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from playwright.async_api import async_playwright  # noqa: E402
+
+from classmesh.dev import build_stack  # noqa: E402
+from core.bus import LocalBus  # noqa: E402
+from core.regions import load_regions, parse_regions  # noqa: E402
+from media.forwarding import configure_ice  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def main(joins: int) -> dict[str, Any]:
+    configure_ice(["127.0.0.1"])
+    base = load_regions().get("eu-central")
+    raw = {
+        "regions": {
+            "eu-central": {
+                "display_name": "bench",
+                "lat": base.lat,
+                "lon": base.lon,
+                "nodes": [{"id": "eu-1", "port": free_port()}],
+            }
+        }
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = build_stack(
+            parse_regions(raw),
+            data_dir=Path(tmp),
+            host="127.0.0.1",
+            base_port=free_port(),
+            version="bench",
+            bus=LocalBus(),
+            recorders=0,
+        )
+        for host in stack.hosts:
+            if host.service.name != "media":
+                host.port = 0
+            await host.start()
+        signaling = next(h for h in stack.hosts if h.service.name == "signaling")
+        registry = next(h for h in stack.hosts if h.service.name == "orchestrator").service.registry  # type: ignore[attr-defined]
+        await registry.wait_for(lambda r: any(n.serving for n in r.nodes("media")), 5)
+        remote: list[float] = []
+        local: list[float] = []
+        try:
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+                host_ctx = await browser.new_context(bypass_csp=True)
+                teacher = await host_ctx.new_page()
+                token = stack.issuer.mint(room="bench", identity="teacher", name="Teacher", role="instructor")
+                await teacher.goto(f"{signaling.url}/room/bench?token={token}")
+                await teacher.wait_for_function("window.classmesh && window.classmesh.state === 'joined'")
+                await asyncio.sleep(2.0)
+                for i in range(joins):
+                    ctx = await browser.new_context(bypass_csp=True)
+                    page = await ctx.new_page()
+                    token = stack.issuer.mint(room="bench", identity=f"s{i}", name=f"S{i}", role="student")
+                    await page.goto(f"{signaling.url}/room/bench?token={token}")
+                    handle = await page.wait_for_function(
+                        """() => {
+                            const g = window.classmesh && window.classmesh.frameGaps();
+                            const remote = g && Object.entries(g).find(([k, v]) => !k.startsWith('local') && v.firstFrameMs);
+                            return remote ? remote[1].firstFrameMs : null;
+                        }""",
+                        timeout=20_000,
+                        polling=10,
+                    )
+                    remote.append(float(await handle.json_value()))
+                    own = await page.evaluate(
+                        "(() => { const g = window.classmesh.frameGaps()['local:camera']; "
+                        "return g ? g.firstFrameMs : null; })()"
+                    )
+                    if own is not None:
+                        local.append(float(own))
+                    await page.evaluate("window.classmesh.leave()")
+                    await ctx.close()
+                await host_ctx.close()
+                await browser.close()
+        finally:
+            for host in reversed(stack.hosts):
+                await host.close()
+            await stack.bus.close()
+    return {
+        "benchmark": "join_latency",
+        "joins": joins,
+        "first_remote_frame_ms": {
+            "p50": statistics.median(remote),
+            "p95": percentile(remote, 0.95),
+            "max": max(remote),
+            "all": [round(v) for v in remote],
+        },
+        "baseline_first_local_frame_ms": {"p50": statistics.median(local) if local else None},
+        "ratio_remote_to_local_p50": round(statistics.median(remote) / statistics.median(local), 2) if local else None,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--joins", type=int, default=20)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.joins)), indent=1))
