@@ -24,14 +24,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from playwright.async_api import async_playwright  # noqa: E402
+from playwright.async_api import async_playwright
 
-from classmesh.dev import build_stack  # noqa: E402
-from core.bus import LocalBus  # noqa: E402
-from core.regions import load_regions, parse_regions  # noqa: E402
-from media.forwarding import configure_ice  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from classmesh.dev import build_stack
+from core.bus import LocalBus
+from core.regions import load_regions, parse_regions
+from media.forwarding import configure_ice
+from tests.conftest import free_port
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 
 
 def percentile(values: list[float], q: float) -> float:
