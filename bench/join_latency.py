@@ -88,7 +88,8 @@ async def main(joins: int) -> dict[str, Any]:
                     handle = await page.wait_for_function(
                         """() => {
                             const g = window.classmesh && window.classmesh.frameGaps();
-                            const remote = g && Object.entries(g).find(([k, v]) => !k.startsWith('local') && v.firstFrameMs);
+                            const remote = g && Object.entries(g)
+                                .find(([k, v]) => !k.startsWith('local') && v.firstFrameMs);
                             return remote ? remote[1].firstFrameMs : null;
                         }""",
                         timeout=20_000,

@@ -260,11 +260,11 @@ async def _notify(call: Call, change: BookingChange) -> None:
         logger.exception("booking=%s on_booking_changed hook failed kind=%s", change.booking.booking_id, change.kind)
 
 
-async def create_booking(call: Call) -> web.Response:
-    body = call.body
+def draft_from_body(body: dict[str, Any], booking_id: BookingId | None = None) -> BookingDraft:
+    """A validated ``BookingCreate`` body as a draft (for booking it, or for asking who could take it)."""
     start = _when(body["start"])
     _check_times(start, body["duration_minutes"])
-    draft = BookingDraft(
+    return BookingDraft(
         subject_id=SubjectId(body["subject_id"]),
         student_ids=tuple(StudentId(s) for s in body["student_ids"]),
         start=start,
@@ -274,8 +274,12 @@ async def create_booking(call: Call) -> web.Response:
         recording=body.get("recording", False),
         notes=body.get("notes", ""),
         curriculum_unit=body.get("curriculum_unit"),
-        booking_id=BookingId(new_id("bkg")),
+        booking_id=booking_id,
     )
+
+
+async def create_booking(call: Call) -> web.Response:
+    draft = draft_from_body(call.body, BookingId(new_id("bkg")))
     occurrences = await call.hooks.validate_and_assign(draft)
     booking, sessions = await call.store.create_booking(draft, occurrences)
     await _notify(call, BookingChange("created", booking, tuple(sessions)))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api.handlers import _check_times, _when, ok
+from orchestrator.api.handlers import draft_from_body, ok
 from orchestrator.api.hooks import OpsView
 from orchestrator.api.operations import Call, Operation, QueryParam
 from orchestrator.errors import NotFoundError
-from orchestrator.store.models import BookingDraft, InstructorId, StudentId, SubjectId
 
 
 def _ops(call: Call) -> OpsView:
@@ -26,19 +25,7 @@ async def get_forecast(call: Call) -> web.Response:
 
 async def match_booking(call: Call) -> web.Response:
     assert call.hooks.match is not None  # mounted only with the scheduling engine
-    body = call.body
-    start = _when(body["start"])
-    _check_times(start, body["duration_minutes"])
-    draft = BookingDraft(
-        subject_id=SubjectId(body["subject_id"]),
-        student_ids=tuple(StudentId(s) for s in body["student_ids"]),
-        start=start,
-        duration_minutes=body["duration_minutes"],
-        instructor_id=InstructorId(body["instructor_id"]) if body.get("instructor_id") else None,
-        rrule=body.get("rrule") or None,
-        curriculum_unit=body.get("curriculum_unit"),
-    )
-    return ok(await call.hooks.match(draft))
+    return ok(await call.hooks.match(draft_from_body(call.body)))
 
 
 MATCH_OPERATIONS: tuple[Operation, ...] = (
