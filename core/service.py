@@ -144,7 +144,11 @@ class ServiceHost:
         await self.service.start()
         # shutdown_timeout: a connection still open when the service has closed (a client reconnecting during the
         # drain) must not hold the process for aiohttp's default minute
-        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False, shutdown_timeout=3.0)
+        # max_line_size: a long (invalid) query string reaches the service's own validation and gets its specific
+        # error, instead of aiohttp's bare parser error at 8 KiB
+        self._runner = web.AppRunner(
+            self.build_app(), access_log=None, handle_signals=False, shutdown_timeout=3.0, max_line_size=65536
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()

@@ -82,7 +82,7 @@ class LiveApi:
         await _seed(store)
         parent = web.Application()
         parent.add_subapp("/v1", build_api_app(store))
-        runner = web.AppRunner(parent)
+        runner = web.AppRunner(parent, max_line_size=65536)  # as core.service.ServiceHost runs it
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", self.port).start()
         self._ready.set()
