@@ -462,6 +462,20 @@ class OrchestratorService(Service):
         return target.node_id
 
     async def _on_node_dead(self, info: NodeInfo) -> None:
+        # an operational exception for the people on call, deduplicated per node (every replica sees the death)
+        with contextlib.suppress(Exception):
+            await self.store.raise_exception(
+                f"node-dead:{info.node_id}",
+                "node_failed",
+                "high",
+                subject_refs={"node_id": info.node_id, "region": info.region},
+                details={
+                    "kind": info.heartbeat.kind,
+                    "version": info.heartbeat.version,
+                    "rooms": list(info.heartbeat.room_ids),
+                    "missed_heartbeats_for_s": self.config.dead_after,
+                },
+            )
         if info.heartbeat.kind != "media":
             return
         for room_id in info.heartbeat.room_ids:

@@ -75,6 +75,16 @@ async def test_killing_the_node_of_a_live_class_moves_it(
             assert await page.evaluate("window.classmesh.moves") == 1
             assert await page.evaluate("window.classmesh.state") == "joined"
         print(f"\nnode failure outage per participant (s): {[round(o, 2) for o in outages]}, max {max(outages):.2f}")
+        # and an operational exception names the node
+        from orchestrator.store import Store
+
+        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'classmesh.db'}", migrate=False)
+        try:
+            page_of = await store.list_exceptions()
+            found = [e for e in page_of.items if e.dedup_key == f"node-dead:{victim}"]
+            assert found and found[0].kind == "node_failed" and found[0].subject_refs["node_id"] == victim
+        finally:
+            await store.close()
         # 3 s to declare the node dead, then re-placement and renegotiation
         assert max(outages) < 10
     finally:
