@@ -54,7 +54,7 @@ def test_alert_rules_pass_their_unit_tests() -> None:
         ("> 15", "> 1500"),  # heartbeat threshold: a dead node would never alert
         ('job=~"orchestrator|signaling|media|recorder"', 'job=~"orchestrator"'),  # down media unnoticed
         ("increase(classmesh_recorder_gaps_total[5m]) > 0", "increase(classmesh_recorder_gaps_total[5m]) > 5"),
-        ("outbox_oldest_pending_age_seconds) > 300", "outbox_oldest_pending_age_seconds) > 3000"),
+        ("webhook_outbox_lag_seconds) > 300", "webhook_outbox_lag_seconds) > 3000"),
     ],
     ids=["heartbeat", "service-down", "recording-gap", "outbox-lag"],
 )
