@@ -28,7 +28,7 @@ from core.service import Service
 from core.tokens import TokenIssuer
 from orchestrator.api.app import build_api_app
 from orchestrator.api.hooks import ApiHooks, BookingChange
-from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError
+from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError, NotFoundError
 from orchestrator.forecast import forecast
 from orchestrator.leader import LeaderElector
 from orchestrator.placement import (
@@ -47,7 +47,7 @@ from orchestrator.registry import NodeInfo, NodeRegistry
 from orchestrator.rollout import RolloutConflictError, RolloutDriver, RolloutError
 from orchestrator.scheduling_gate import SchedulingGate
 from orchestrator.store import Store
-from orchestrator.store.models import Session
+from orchestrator.store.models import Session, SessionStatus
 from orchestrator.webhooks import DispatcherConfig, WebhookDispatcher
 
 logger = logging.getLogger(__name__)
@@ -331,12 +331,23 @@ class OrchestratorService(Service):
             size = payload.get("participants", self.config.default_room_size)
             if not isinstance(size, int) or size < 1:
                 raise RpcError("participants must be a positive integer", code="bad_request")
+            await self._provision_on_demand(str(room_id))
             try:
                 node_id = await self.ensure_room(str(room_id), region=region, participants=size)
             except PlacementError as exc:
                 raise RpcError(str(exc), code=exc.code) from None
             return {"node_id": node_id}
         raise RpcError(f"unknown op {op!r}", code="bad_request")
+
+    async def _provision_on_demand(self, room_id: str) -> None:
+        """Someone joins a session before its lead time: provision it now (region from its roster, the event, the
+        status), rather than leaving an ad-hoc room the calendar does not know about."""
+        try:
+            session = await self.store.get_session(room_id)
+        except NotFoundError:
+            return  # not a session: an ad-hoc room (classmesh join-link)
+        if session.status is SessionStatus.SCHEDULED:
+            await self.provisioner.provision_now(session)
 
     def _alive(self, node_id: str) -> NodeInfo | None:
         info = self.registry.get(node_id)
