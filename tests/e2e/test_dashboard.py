@@ -1,0 +1,33 @@
+"""The ops dashboard in Chromium: with an API key it lists the live nodes, the forecast and the sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.api.keys import create_api_key
+from tests.e2e.conftest import OpenPage
+
+pytestmark = pytest.mark.browser
+
+
+async def test_dashboard_shows_nodes_forecast_and_refuses_without_a_key(stack: Any, open_page: OpenPage) -> None:
+    page, log = await open_page(f"{stack.orchestrator_url}/dashboard")
+    await page.wait_for_function("document.getElementById('status').textContent.includes('API key')")
+    _, key = await create_api_key(stack.orchestrator.store, "ops", ["ops:read", "sessions:read"])
+    await page.fill("#key", key)
+    await page.click("#key-form button")
+    await page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length >= 2", timeout=10_000)
+    rows = await page.eval_on_selector_all("#nodes tbody tr", "rows => rows.map(r => r.innerText)")
+    assert any("eu-central-1" in r and "serving" in r for r in rows)
+    assert any("us-east-1" in r for r in rows)
+    regions = await page.eval_on_selector_all("#forecast tbody tr", "rows => rows.map(r => r.cells[0].innerText)")
+    assert sorted(regions) == ["eu-central", "us-east"]
+    assert "updated" in await page.inner_text("#status")
+    # a key without the scope is refused and says why
+    _, weak = await create_api_key(stack.orchestrator.store, "weak", ["bookings:read"])
+    await page.fill("#key", weak)
+    await page.click("#key-form button")
+    await page.wait_for_function("document.getElementById('status').textContent.startsWith('error')")
+    assert not log.errors
