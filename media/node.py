@@ -28,10 +28,10 @@ from typing import Any
 from aiohttp import web
 
 from core.bus import Bus, BusError, Payload, Subscription
+from core.heartbeat import Heartbeat
 from core.ids import is_valid_id
 from core.messages import (
     EVENTS_STREAM,
-    NODE_HEARTBEATS,
     NodeHeartbeat,
     PresenceEvent,
     encode,
@@ -129,11 +129,10 @@ class MediaNode(Service):
         self._seats: dict[str, _Seat] = {}
         self._limits = NodeLimits(max_streams=config.capacity_streams)
         self._serving: Subscription | None = None
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat = Heartbeat(bus, self._heartbeat_message, interval=config.heartbeat_interval)
         self._outbox: asyncio.Queue[tuple[str, Payload]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
         self._cpu = _CpuMeter()
-        self._beat_now = asyncio.Event()
         self._ops: dict[str, Callable[[Payload], Awaitable[Payload]]] = {
             "ping": self._op_ping,
             "create_room": self._op_create_room,
@@ -158,11 +157,11 @@ class MediaNode(Service):
         configure_ice(addresses=list(self.config.ice_addresses) or None, port_range=self.config.udp_ports)
         self._sender = asyncio.create_task(self._send_loop(), name=f"node-outbox:{self.config.node_id}")
         self._serving = await self._bus.serve(node_rpc(self.config.node_id), self._handle)
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat:{self.config.node_id}")
+        self._heartbeat.start(self.config.node_id)
 
     async def drain(self, deadline: float) -> None:
         """Refuse new rooms; wait for rooms to empty (moving them is the orchestrator's job)."""
-        await self._send_heartbeat()
+        await self._heartbeat.send()
         while self._rooms and time.monotonic() < deadline:
             for room_id, room in list(self._rooms.items()):
                 if not room.participants:
@@ -175,13 +174,7 @@ class MediaNode(Service):
             self._serving = None
         for room_id in list(self._rooms):
             await self._close_room(room_id)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
-            with contextlib.suppress(Exception):
-                await self._send_heartbeat()  # tell the registry we are gone
+        await self._heartbeat.close()  # its last beat tells the registry we are gone
         if self._sender is not None:
             await self._outbox.join()
             self._sender.cancel()
@@ -208,8 +201,8 @@ class MediaNode(Service):
     def _streams(self) -> int:
         return sum(int(room.stats().get("forwarded_tracks", 0)) for room in self._rooms.values())
 
-    async def _send_heartbeat(self) -> None:
-        beat = NodeHeartbeat(
+    def _heartbeat_message(self) -> NodeHeartbeat:
+        return NodeHeartbeat(
             node_id=self.config.node_id,
             kind="media",
             region=self.config.region,
@@ -224,22 +217,9 @@ class MediaNode(Service):
             sent_at=time.time(),
             room_ids=sorted(self._rooms),
         )
-        await self._bus.publish(NODE_HEARTBEATS, encode(beat))
 
     def state_changed(self, state: ServiceState) -> None:
-        self._beat_now.set()  # tell the registry at once, not at the next beat
-
-    async def _beat(self) -> None:
-        while True:
-            self._beat_now.clear()
-            try:
-                await self._send_heartbeat()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("node=%s heartbeat failed", self.config.node_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), self.config.heartbeat_interval)
+        self._heartbeat.wake()  # tell the registry at once, not at the next beat
 
     # ------------------------------------------------------------------------------------------ outbound
     def _post(self, channel: str, payload: Payload) -> None:

@@ -6,8 +6,6 @@ jobs (leases over the bus), joining rooms as hidden subscribers and writing segm
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import shutil
 import time
@@ -16,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from core.bus import Bus
-from core.messages import NODE_HEARTBEATS, NodeHeartbeat, encode
-from core.service import Service
+from core.heartbeat import Heartbeat
+from core.messages import NodeHeartbeat
+from core.service import Service, ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -39,27 +38,24 @@ class RecorderWorker(Service):
         super().__init__()
         self.config = config
         self._bus = bus
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat = Heartbeat(bus, self._heartbeat_message, interval=config.heartbeat_interval)
 
     async def start(self) -> None:
         self.config.storage.mkdir(parents=True, exist_ok=True)
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat:{self.config.worker_id}")
+        self._heartbeat.start(self.config.worker_id)
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
-            with contextlib.suppress(Exception):
-                await self._send()
+        await self._heartbeat.close()
 
     def health(self) -> dict[str, Any]:
         usage = shutil.disk_usage(self.config.storage) if self.config.storage.exists() else None
         return {"worker_id": self.config.worker_id, "storage_free_bytes": usage.free if usage else None}
 
-    async def _send(self) -> None:
-        beat = NodeHeartbeat(
+    def state_changed(self, state: ServiceState) -> None:
+        self._heartbeat.wake()
+
+    def _heartbeat_message(self) -> NodeHeartbeat:
+        return NodeHeartbeat(
             node_id=self.config.worker_id,
             kind="recorder",
             region=self.config.region,
@@ -68,14 +64,3 @@ class RecorderWorker(Service):
             url=self.config.public_url,
             sent_at=time.time(),
         )
-        await self._bus.publish(NODE_HEARTBEATS, encode(beat))
-
-    async def _beat(self) -> None:
-        while True:
-            try:
-                await self._send()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("recorder=%s heartbeat failed", self.config.worker_id)
-            await asyncio.sleep(self.config.heartbeat_interval)
