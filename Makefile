@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-smoke system-deps test-fast clean
+.PHONY: run test lint format bench system-deps test-fast test-browser test-multiprocess clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ test: system-deps $(STAMP) lint
 ## test-fast: the suites without real browsers or several processes
 test-fast: $(STAMP)
 	scripts/in-loopback-netns.sh $(BIN)/pytest -m "not browser and not multiprocess" $(PYTEST_ARGS)
+
+## test-browser / test-multiprocess: only the slow suites (real Chromium; several classmesh processes)
+test-browser: system-deps $(STAMP)
+	scripts/in-loopback-netns.sh $(BIN)/pytest -m browser $(PYTEST_ARGS)
+
+test-multiprocess: system-deps $(STAMP)
+	scripts/in-loopback-netns.sh $(BIN)/pytest -m multiprocess $(PYTEST_ARGS)
 
 ## bench: full benchmarks (JSON on stdout; copy results into docs/benchmarks.md). Janus baselines need
 ## `apt-get install janus` (see bench/README.md); without it they report themselves unavailable.
