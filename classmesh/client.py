@@ -137,7 +137,8 @@ class ClassroomClient:
         self._replies[msg_id] = fut
         await self._ws.send_str(json.dumps(message | {"id": msg_id}))
         try:
-            reply = await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                reply = await fut
         finally:
             self._replies.pop(msg_id, None)
         if reply.get("type") == "error":

@@ -286,7 +286,8 @@ class LocalBus:
                 return []
             async with self._stream_changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stream_changed.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._stream_changed.wait()
         batch = entries[state.next_index : state.next_index + count]
         state.next_index += len(batch)
         now = time.monotonic()
@@ -324,7 +325,8 @@ class LocalBus:
         data = _copy(payload)
         task = asyncio.ensure_future(self._answer(handler, data))
         try:
-            reply = await asyncio.wait_for(asyncio.shield(task), timeout)
+            async with asyncio.timeout(timeout):
+                reply = await asyncio.shield(task)
         except TimeoutError:
             # the handler keeps running (as a remote one would); its reply is dropped
             self._tasks.add(task)
@@ -553,7 +555,8 @@ class RedisBus:
             if not receivers:
                 raise NoResponderError(f"nobody serves {channel!r}")
             try:
-                reply = await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):
+                    reply = await fut
             except TimeoutError:
                 raise BusTimeoutError(f"no reply on {channel!r} within {timeout:.1f}s") from None
         finally:

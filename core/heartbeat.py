@@ -46,7 +46,8 @@ class Heartbeat:
             except Exception:
                 logger.exception("heartbeat failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._now.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._now.wait()
 
     async def close(self) -> None:
         if self._task is None:

@@ -164,7 +164,8 @@ class ServiceHost:
         if self.service.state is ServiceState.SERVING:
             self.service.set_state(ServiceState.DRAINING)
         try:
-            await asyncio.wait_for(self.service.drain(deadline), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.service.drain(deadline)
         except TimeoutError:
             logger.warning("service=%s drain deadline passed; stopping with work in flight", self.service.name)
         except Exception:

@@ -94,7 +94,8 @@ class NodeRegistry:
     async def wait_for(self, predicate: Callable[[NodeRegistry], bool], timeout: float) -> bool:
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: predicate(self))
             except TimeoutError:
                 return False
         return True

@@ -134,7 +134,8 @@ class WebhookDispatcher:
                 continue  # there may be more, or next events in a chain that just got unblocked
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
+                async with asyncio.timeout(self._config.poll_interval):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
