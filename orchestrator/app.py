@@ -369,12 +369,14 @@ class OrchestratorService(Service):
         async with lock:
             current = await self.bus.kv_get(room_key(room_id))
             if current and current not in exclude and self._alive(current):
+                # make sure the room exists there (create_room is idempotent): a placer that died between
+                # claiming the key and creating the room leaves a key without a room
+                await self._create_room(current, room_id, participants)
                 return current
             node = self.choose_node(
                 region=region, participants=participants or self.config.default_room_size, exclude=exclude
             )
-            await self._create_on(node, room_id, participants)
-            return node.node_id
+            return await self._create_on(node, room_id, participants, claim=current is None)
 
     def choose_node(self, *, region: str | None, participants: int, exclude: frozenset[str] = frozenset()) -> NodeInfo:
         nodes = [n for n in self.registry.nodes("media") if n.node_id not in exclude]
@@ -396,20 +398,42 @@ class OrchestratorService(Service):
                 continue
         raise NoCapacityError(f"no serving media node can take a room of {participants}")
 
-    async def _create_on(self, node: NodeInfo, room_id: str, participants: int | None) -> None:
+    async def _create_room(self, node_id: str, room_id: str, participants: int | None) -> None:
         try:
             await self.bus.request(
-                node_rpc(node.node_id),
+                node_rpc(node_id),
                 {"op": "create_room", "room_id": room_id, "max_participants": max(50, participants or 0)},
                 timeout=3.0,
             )
         except (RemoteError, NoResponderError) as exc:
-            raise PlacementError(f"node {node.node_id} refused room {room_id}: {exc}") from None
-        await self.bus.kv_set(room_key(room_id), node.node_id)
+            raise PlacementError(f"node {node_id} refused room {room_id}: {exc}") from None
+
+    async def _create_on(self, node: NodeInfo, room_id: str, participants: int | None, *, claim: bool = False) -> str:
+        """Put ``room_id`` on ``node`` and point the room key at it; returns the node that hosts the room.
+
+        ``claim``: the room has no node yet. The key is then claimed *before* the room is created, only if still
+        absent, so that two replicas placing the same room at once (every replica answers placement requests)
+        agree on one node: the loser uses the winner's node instead of creating a second room.
+        """
+        key = room_key(room_id)
+        if claim and not await self.bus.kv_set(key, node.node_id, only_if_absent=True):
+            winner = await self.bus.kv_get(key)
+            if winner and self._alive(winner):
+                await self._create_room(winner, room_id, participants)
+                return winner
+            await self.bus.kv_set(key, node.node_id)
+        elif not claim:
+            await self.bus.kv_set(key, node.node_id)
+        try:
+            await self._create_room(node.node_id, room_id, participants)
+        except PlacementError:
+            await self.bus.kv_delete(key, if_value=node.node_id)
+            raise
         self.reservations.hold(
             room_id, node.node_id, room_demand_streams(participants or self.config.default_room_size), 600
         )
         logger.info("room=%s placed node=%s region=%s", room_id, node.node_id, node.region)
+        return node.node_id
 
     async def close_room(self, room_id: str) -> None:
         node_id = await self.bus.kv_get(room_key(room_id))
