@@ -13,9 +13,10 @@ import pytest
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from classmesh.client import ClassroomClient
-from core.bus import RemoteError
+from core.bus import LocalBus, RemoteError
 from core.messages import EVENTS_STREAM, decode, node_rpc
-from media.node import subscriber_tracks, turn_credentials
+from core.service import ServiceHost
+from media.node import MediaNode, MediaNodeConfig, subscriber_tracks, turn_credentials
 
 
 def test_turn_credentials_follow_coturns_rest_scheme() -> None:
@@ -97,15 +98,19 @@ async def test_presence_and_talk_events_reach_the_event_stream(stack: Any) -> No
         ({"op": "state", "participant_id": 5}, "bad_request"),
     ],
 )
-async def test_node_refuses_bad_requests_with_a_code(stack: Any, payload: dict[str, Any], code: str) -> None:
-    with pytest.raises(RemoteError) as err:
-        await stack.bus.request(node_rpc("eu-central-1"), payload, timeout=3)
-    assert err.value.code == code
-    # and nothing changed
-    node = next(
-        h.service for h in stack.hosts if h.service.name == "media" and h.service.config.node_id == "eu-central-1"
-    )
-    assert "r" not in node.rooms
+async def test_node_refuses_bad_requests_with_a_code(payload: dict[str, Any], code: str) -> None:
+    bus = LocalBus()
+    node = MediaNode(MediaNodeConfig(node_id="n1", region="eu-central", public_url="http://127.0.0.1"), bus)
+    host = ServiceHost(node, "127.0.0.1", 0)
+    await host.start()
+    try:
+        with pytest.raises(RemoteError) as err:
+            await bus.request(node_rpc("n1"), payload, timeout=3)
+        assert err.value.code == code
+        assert "r" not in node.rooms  # and nothing changed
+    finally:
+        await host.close()
+        await bus.close()
 
 
 async def test_room_full_reaches_the_client_as_an_error(stack: Any) -> None:
