@@ -280,7 +280,10 @@ class OutputSlot:
         self._refresh_pt_map()
         track.add_output(self)
         self.restart()
-        track.request_keyframe()
+        if self._writer is not None:
+            track.request_keyframe()
+        # else: the subscriber's connection is not up yet; a keyframe now would arrive before it can be sent and
+        # use up the PLI window, so ``forward`` asks for one when the first packet can go out
 
     def restart(self) -> None:
         """Continue the output from a fresh point of the source (keyframe for video)."""
@@ -328,6 +331,9 @@ class OutputSlot:
             self.refresh()
             if self._writer is None:
                 return 0
+            if self.waiting_keyframe and self.track is not None:
+                self._wait_since = now
+                self.track.request_keyframe()  # the connection just came up: start it on a fresh keyframe
         if self.paused:
             return 0
         if self.waiting_keyframe:
