@@ -26,7 +26,7 @@ from aiohttp import web
 
 from core.bus import Bus, BusError, NoResponderError, RemoteError
 from core.ids import is_valid_id, new_id
-from core.messages import participant_channel
+from core.messages import participant_channel, revoked_token_key
 from core.service import Service, ServiceState
 from core.tokens import Grant, Permission, Role, TokenVerifier
 from signaling import metrics
@@ -152,6 +152,10 @@ class SignalingService(Service):
     def _forget_session(self, session: Session) -> None:
         if self._sessions.get(session.record.session_id) is session:
             del self._sessions[session.record.session_id]
+
+    async def token_revoked(self, grant: Grant) -> bool:
+        """True when the orchestrator revoked this join token (its holder no longer teaches the session)."""
+        return bool(grant.token_id) and await self._bus.kv_get(revoked_token_key(grant.token_id)) is not None
 
     async def join(self, grant: Grant) -> tuple[Session, dict[str, Any]]:
         """Join the grant's room on its node; the new session (not yet attached) and the node's reply."""

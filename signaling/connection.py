@@ -237,6 +237,8 @@ class Connection:
         grant = verify_join(self._service.verifier, msg.token, msg.room)
         if not is_valid_id(grant.room):  # room ids become bus keys and channel names
             raise AuthError("the token's room is not a valid id", code="token_invalid")
+        if await self._service.token_revoked(grant):
+            raise AuthError("this join link was revoked: the session has another instructor now", code="token_revoked")
         session, reply = await self._service.join(grant)
         await self._attach(session, reply, resumed=False, after_seq=0, request_id=msg.id)
 

@@ -37,7 +37,8 @@ class ProtocolError(SignalingError):
 
 
 class AuthError(SignalingError):
-    """The join token was refused (token_invalid, token_expired, token_wrong_room, token_role_mismatch)."""
+    """The join token was refused (token_invalid, token_expired, token_wrong_room, token_role_mismatch,
+    token_revoked)."""
 
     code = "token_invalid"
     close_code = CLOSE_AUTH_FAILED

@@ -34,6 +34,7 @@ ERROR_CODES = frozenset(
         "token_expired",
         "token_wrong_room",
         "token_role_mismatch",
+        "token_revoked",
         "session_expired",
         "placement_unavailable",
         "node_unavailable",
