@@ -27,6 +27,24 @@ def participant_channel(participant_id: str) -> str:
     return f"participant.{participant_id}"
 
 
+def recorder_rpc(worker_id: str) -> str:
+    """Request/reply channel of one recorder worker (orchestrator -> worker: start/stop a recording job)."""
+    return f"recorder.{worker_id}"
+
+
+RECORDING_PROGRESS = "recording.progress"  # pub/sub: each running recording job's progress, every second
+
+
+def recording_lease_key(job_id: str) -> str:
+    """Key a worker holds (with a TTL it renews) while it runs a recording job; deleting it revokes the job."""
+    return f"recording:{job_id}:lease"
+
+
+def revoked_token_key(token_id: str) -> str:
+    """Present (until the token would expire anyway) when a join token was revoked: signaling refuses it."""
+    return f"token:{token_id}:revoked"
+
+
 def room_key(room_id: str) -> str:
     """Key holding the node that hosts a room (room -> node map)."""
     return f"room:{room_id}:node"

@@ -35,6 +35,7 @@ SERVICE_STATE = Gauge(
     ["service", "state"],
 )
 SERVICE_INFO = Info("classmesh_service", "Version of the classmesh services in this process")
+CLOSE_TIMEOUT_S = 10.0  # after the drain: how long a service may take to release its resources
 
 
 class ServiceState(StrEnum):
@@ -176,13 +177,36 @@ class ServiceHost:
             return
         self._closed = True
         try:
-            await self.service.close()
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.service.close()
+        except TimeoutError:
+            # a release that hangs must not keep the process (and a rolling upgrade) waiting: say where it hangs
+            logger.error(
+                "service=%s close did not finish within %.0fs; stopping anyway. pending tasks:\n%s",
+                self.service.name,
+                CLOSE_TIMEOUT_S,
+                pending_task_stacks(),
+            )
         except Exception:
             logger.exception("service=%s close failed", self.service.name)
         self.service.set_state(ServiceState.STOPPED)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def pending_task_stacks(limit: int = 40) -> str:
+    """Where every pending task of this loop waits (for a log line when something hangs)."""
+    out = []
+    for task in list(asyncio.all_tasks())[:limit]:
+        if task.done():
+            continue
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(
+            f"{f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in frames
+        )
+        out.append(f"  {task.get_name()}: {where or task.get_coro()!r}")
+    return "\n".join(out)
 
 
 async def run_hosts(

@@ -8,8 +8,9 @@ packets of the first copy from that keyframe on. The selected packets are remuxe
 transcoded) into one file whose time line starts at the media interval's start.
 
 Coverage = 1 - (seconds of the media interval in a gap) / (seconds of the interval). A gap is
-an instant no track covers, or a hole inside one track longer than ``hole`` seconds (audio) or
-1.5 frame intervals (video, at least ``hole``); gaps are reported as (start, end) wall times.
+an instant no track covers (for longer than ``hole``), or a hole inside one track longer than ``hole``
+seconds (audio) or 1.5 frame intervals (video, at least ``hole``); gaps are reported as (start, end)
+wall times.
 
 Packets are read into memory before muxing: about the size of the recording (a limitation noted
 in docs/recording.md; a streaming two-pass version is future work).
@@ -59,13 +60,16 @@ def _read_copy(segments: Sequence[SegmentInfo]) -> tuple[dict[str, list[_P]], di
                 if tid not in meta and t.packets:
                     ctx = container.streams[t.stream_index].codec_context
                     meta[tid] = (t, (ctx.extradata, getattr(ctx, "width", 0), getattr(ctx, "height", 0)))
-            for packet in container.demux():
-                if packet.pts is None or not packet.size:
-                    continue
-                tid, _ = by_index[packet.stream.index]
-                wall = seg.epoch + float(packet.pts * packet.time_base)
-                duration = float(packet.duration * packet.time_base) if packet.duration else 0.0
-                packets.setdefault(tid, []).append(_P(wall, duration, packet.is_keyframe, bytes(packet)))
+            try:
+                for packet in container.demux():
+                    if packet.pts is None or not packet.size:
+                        continue
+                    tid, _ = by_index[packet.stream.index]
+                    wall = seg.epoch + float(packet.pts * packet.time_base)
+                    duration = float(packet.duration * packet.time_base) if packet.duration else 0.0
+                    packets.setdefault(tid, []).append(_P(wall, duration, packet.is_keyframe, bytes(packet)))
+            except (av.FFmpegError, EOFError):
+                pass  # a salvaged segment ends where its recorder died
     for plist in packets.values():
         plist.sort(key=lambda p: p.wall)
     return packets, meta
@@ -190,13 +194,14 @@ def assemble(
         gaps += holes
         info[tid] = {"kind": kind, "packets": len(chosen), "holes": holes}
     # instants no track covers
+    # (shorter than ``hole`` is the copies' clock jitter at an edge: two copies place one frame up to ~6 ms apart)
     covered = _interval_union(spans)
     cursor = media_start
     for a, b in covered:
-        if a > cursor:
+        if a - cursor > hole:
             gaps.append((cursor, min(a, media_end)))
         cursor = max(cursor, b)
-    if cursor < media_end:
+    if media_end - cursor > hole:
         gaps.append((cursor, media_end))
     clipped = [(max(a, media_start), min(b, media_end)) for a, b in gaps]
     merged = _interval_union([(a, b) for a, b in clipped if b > a])

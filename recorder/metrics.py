@@ -8,7 +8,9 @@ ACTIVE_RECORDINGS = Gauge("classmesh_recorder_active_recordings", "Recording cop
 BYTES_WRITTEN = Counter("classmesh_recorder_bytes_written_total", "Encoded media bytes written", ["kind"])
 SEGMENTS = Counter("classmesh_recorder_segments_total", "Segments completed (fsynced and listed)")
 GAPS = Counter("classmesh_recorder_gaps_total", "Gaps noted in recorded tracks", ["kind"])
-FAILOVERS = Counter("classmesh_recorder_failovers_total", "Recording copies failed over to another worker")
+LEASES_LOST = Counter(
+    "classmesh_recorder_leases_lost_total", "Jobs this worker stopped because their lease lapsed or was revoked"
+)
 STORAGE_ERRORS = Counter("classmesh_recorder_storage_errors_total", "Storage errors by code", ["code"])
 COVERAGE = Histogram(
     "classmesh_recorder_coverage_ratio",

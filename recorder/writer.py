@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 MS = fractions.Fraction(1, 1000)
 CONTAINERS = {"mkv": "matroska", "webm": "webm"}
+# Matroska clusters of at most 1 s, each written out when it closes: a recorder killed mid-segment leaves a
+# ``.part`` file that demuxes up to about a second before the kill (see ``salvage_segment``)
+MUXER_OPTIONS = {"cluster_time_limit": "1000", "flush_packets": "1"}
 EPOCH_MARGIN = 60.0  # seconds between a copy's epoch and its first written frame
 
 
@@ -111,15 +114,93 @@ class SegmentInfo:
         return cls(**(body | {"tracks": tracks, "path": path}))
 
 
-def load_manifest(directory: Path) -> list[SegmentInfo]:
-    """The complete segments of one copy, in order (``.part`` files without a sidecar are ignored)."""
+def load_manifest(directory: Path, *, salvage: bool = False) -> list[SegmentInfo]:
+    """The complete segments of one copy, in order. ``.part`` files (a recorder that died while writing them)
+    are ignored, unless ``salvage``: then what can be demuxed of each is included (``salvage_segment``)."""
     out: list[SegmentInfo] = []
     for sidecar in sorted(directory.glob("seg-*.json")):
+        if sidecar.name.endswith(".open.json"):
+            if salvage and not sidecar.with_name(sidecar.name.replace(".open.json", ".json")).exists():
+                info = salvage_segment(sidecar)
+                if info is not None:
+                    out.append(info)
+            continue
         body = json.loads(sidecar.read_text())
         media = directory / body["segment"]
         if media.exists():
             out.append(SegmentInfo.from_json(body, str(media)))
-    return out
+    return sorted(out, key=lambda s: s.index)
+
+
+def salvage_segment(open_sidecar: Path) -> SegmentInfo | None:
+    """What a killed recorder left of a segment: the packets of its ``.part`` up to where the file ends.
+
+    The Matroska muxer writes a cluster at least every second (``MUXER_OPTIONS``), so at most about a second
+    before the kill is lost. Gaps inside the segment are not known (its sidecar was never written); the
+    assembler finds holes from the packets themselves."""
+    try:
+        opened = json.loads(open_sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    part = open_sidecar.with_name(f"{opened['segment']}.part")
+    if not part.exists():
+        return None
+    epoch = float(opened["epoch"])
+    by_index = {t["stream_index"]: tid for tid, t in opened["tracks"].items()}
+    figures: dict[str, dict[str, Any]] = {tid: {"packets": 0, "bytes": 0, "keyframes": 0} for tid in by_index.values()}
+    try:
+        with av.open(str(part)) as container:
+            try:
+                for packet in container.demux():
+                    tid = by_index.get(packet.stream.index)
+                    if tid is None or packet.pts is None or not packet.size:
+                        continue
+                    wall = epoch + float(packet.pts * packet.time_base)
+                    end = wall + (float(packet.duration * packet.time_base) if packet.duration else 0.0)
+                    f = figures[tid]
+                    f["start"] = min(f.get("start", wall), wall)
+                    f["end"] = max(f.get("end", end), end)
+                    f["packets"] += 1
+                    f["bytes"] += packet.size
+                    f["keyframes"] += bool(packet.is_keyframe)
+            except (av.FFmpegError, EOFError):
+                pass  # the file ends where the recorder died
+    except (av.FFmpegError, OSError):
+        return None
+    tracks = {
+        tid: TrackSegmentInfo(
+            kind=t["kind"],
+            codec=t["codec"],
+            participant_id=t["participant_id"],
+            source=t["source"],
+            stream_index=t["stream_index"],
+            start=figures[tid].get("start"),
+            end=figures[tid].get("end"),
+            packets=figures[tid]["packets"],
+            bytes=figures[tid]["bytes"],
+            keyframes=figures[tid]["keyframes"],
+            gaps=(),
+            clock="salvaged",
+        )
+        for tid, t in opened["tracks"].items()
+    }
+    starts = [t.start for t in tracks.values() if t.start is not None]
+    ends = [t.end for t in tracks.values() if t.end is not None]
+    if not starts:
+        return None
+    logger.info("salvaged %s: %.2f s", part, max(ends) - min(starts))
+    return SegmentInfo(
+        segment=part.name,
+        copy_id=opened["copy_id"],
+        index=int(opened["index"]),
+        container=opened["container"],
+        epoch=epoch,
+        bytes=part.stat().st_size,
+        start=min(starts),
+        end=max(ends),
+        tracks=tracks,
+        path=str(part),
+    )
 
 
 def opus_head(channels: int = 2, sample_rate: int = 48000, pre_skip: int = 0) -> bytes:
@@ -241,6 +322,7 @@ class _Segment:
         self.final = directory / self.name
         self.part = directory / f"{self.name}.part"
         self.sidecar = directory / f"seg-{index:06d}.json"
+        self.open_sidecar = directory / f"seg-{index:06d}.open.json"  # stream map while it is being written
         self.opened_at = opened_at  # wall time of the cut that created it
         self.tracks = {t.track_id: _TrackInSegment(t, i) for i, t in enumerate(tracks)}
         self.container: av.container.OutputContainer | None = None
@@ -532,7 +614,7 @@ class SegmentWriter:
 
     def _start(self, segment: _Segment) -> None:
         try:
-            container = av.open(str(segment.part), "w", format=CONTAINERS[self.container])
+            container = av.open(str(segment.part), "w", format=CONTAINERS[self.container], options=MUXER_OPTIONS)
         except OSError as exc:
             raise self._fail(exc) from exc
         segment.container = container
@@ -568,6 +650,28 @@ class SegmentWriter:
                     if dims:
                         ctx.width, ctx.height = dims
             segment.streams[tid] = stream
+        assert self._epoch is not None
+        opened = {
+            "segment": segment.name,
+            "copy_id": self.copy_id,
+            "index": segment.index,
+            "container": self.container,
+            "epoch": self._epoch,
+            "tracks": {
+                tid: {
+                    "kind": t.info.kind,
+                    "codec": t.info.codec,
+                    "participant_id": t.info.participant_id,
+                    "source": t.info.source,
+                    "stream_index": t.stream_index,
+                }
+                for tid, t in segment.tracks.items()
+            },
+        }
+        try:
+            atomic_write(segment.open_sidecar, json.dumps(opened).encode())
+        except OSError as exc:
+            raise self._fail(exc, segment) from exc
         buffered, segment.buffer = segment.buffer, []
         for item in sorted(buffered, key=lambda p: p.wall):
             self._mux(segment, item)
@@ -656,7 +760,11 @@ class SegmentWriter:
             tracks=tracks,
             path=str(segment.final),
         )
-        atomic_write(segment.sidecar, json.dumps(info.to_json(), indent=1).encode())
+        try:
+            atomic_write(segment.sidecar, json.dumps(info.to_json(), indent=1).encode())
+            segment.open_sidecar.unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._fail(exc, segment) from exc
         self._complete.append(info)
         logger.info(
             "copy=%s segment=%s complete bytes=%d duration=%.2f",

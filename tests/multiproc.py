@@ -160,7 +160,10 @@ class Fleet:
         self.procs["signaling"] = ServiceProcess("signaling", args, self.logs, self.signaling_port)
         return self.procs["signaling"]
 
-    def start_media(self, node_id: str, *extra: str, version: str | None = None) -> ServiceProcess:
+    def start_media(self, node_id: str, *extra: str, version: str | None = None, workers: int = 1) -> ServiceProcess:
+        """A media node; one process unless ``workers`` > 1 (a front and its forwarding workers). The fleet's tests
+        measure freezes on 2 shared cores, where extra processes per node only add start-up CPU: fronts are
+        tested on purpose (tests/media/test_front.py), not by default."""
         port = self.node_ports[node_id]
         args = [
             "media",
@@ -173,11 +176,37 @@ class Fleet:
             "127.0.0.1",
             "--public-key",
             str(self.public_key),
+            "--workers",
+            str(workers),
             *extra,
         ]
         env = {"CLASSMESH_VERSION": version} if version else None
         proc = ServiceProcess(node_id, args, self.logs, port, env)
         self.procs[node_id] = proc
+        return proc
+
+    @property
+    def recordings(self) -> Path:
+        """The recorders' shared directory (the orchestrator's default: <data-dir>/recordings)."""
+        return self.tmp / "data" / "recordings"
+
+    def start_recorder(self, worker_id: str, *, storage: Path | None = None) -> ServiceProcess:
+        port = free_port()
+        region = next(iter(self.node_regions.values()))
+        args = [
+            "recorder",
+            *self.common(port),
+            "--worker-id",
+            worker_id,
+            "--region",
+            region,
+            "--storage",
+            str(storage or self.recordings),
+            "--ice-address",
+            "127.0.0.1",
+        ]
+        proc = ServiceProcess(worker_id, args, self.logs, port)
+        self.procs[worker_id] = proc
         return proc
 
     def start_all(self) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
+
+from tests.recorder.media import ffmpeg
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -68,3 +71,18 @@ async def open_page(browser: Browser) -> AsyncIterator[OpenPage]:
     yield open_
     for context in contexts:
         await context.close()
+
+
+@pytest.fixture(scope="session")
+def class_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Pre-encoded class media for aiortc participants (``MediaPlayer(decode=False)``: nobody encodes on the live
+    path, which leaves the test's CPU to the system under test): 180 s of VP8 320x240 with a keyframe every 3
+    frames (a pre-encoded source cannot answer a PLI) + Opus."""
+    return ffmpeg(
+        tmp_path_factory.mktemp("class") / "class.webm",
+        "testsrc=size=320x240:rate=30",
+        180,
+        *("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-map", "0:v", "-map", "1:a"),
+        *("-c:v", "libvpx", "-b:v", "300k", "-g", "3", "-keyint_min", "3", "-deadline", "realtime"),
+        *("-cpu-used", "8", "-c:a", "libopus", "-b:a", "32k", "-shortest"),
+    )

@@ -1,6 +1,7 @@
-"""A rolling upgrade of three media nodes while two classes run (Chromium pages and aiortc clients), with the
-orchestrator leader killed half-way: no class drops, every participant keeps receiving everyone, and the longest
-freeze each page shows is measured frame by frame."""
+"""A rolling upgrade of three media nodes while two recorded classes run (Chromium pages and aiortc clients),
+with the orchestrator leader killed half-way: no class drops, every participant keeps receiving everyone, the
+longest freeze each page shows is measured frame by frame, and both recordings come out complete (the recorders
+follow their rooms from node to node)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+from aiortc.contrib.media import MediaPlayer
 
+from classmesh.cli import default_database_url
 from classmesh.client import ClassroomClient
+from orchestrator.store import Store
 from tests.e2e.conftest import OpenPage
 from tests.e2e.test_classroom import joined, media_flowing
 from tests.e2e.test_drain import freezes
+from tests.e2e.test_recording import book_recorded, wait_recording
 from tests.multiproc import CLASSMESH, Fleet, http_json
 
 pytestmark = [pytest.mark.browser, pytest.mark.multiprocess]
@@ -49,21 +53,29 @@ async def deployment(fleet: Fleet, nodes: list[str], version: str, stop: asyncio
 
 
 async def test_rolling_upgrade_keeps_every_class_running(
-    tmp_path: Path, redis_server: Any, open_page: OpenPage
+    tmp_path: Path, redis_server: Any, open_page: OpenPage, class_media: Path
 ) -> None:
     nodes = ["eu-1", "eu-2", "eu-3"]
     fleet = Fleet(tmp_path, redis_server.url, {"eu-central": nodes})
     (tmp_path / "data").mkdir()
     key = api_key(fleet)
     clients: list[ClassroomClient] = []
+    players: list[MediaPlayer] = []
     stop = asyncio.Event()
     try:
         orchestrators = [fleet.start_orchestrator("orch-a"), fleet.start_orchestrator("orch-b")]
         fleet.start_signaling()
         for node_id in nodes:
             fleet.start_media(node_id, version="1")
+        for worker in ("rec-1", "rec-2", "rec-3"):
+            fleet.start_recorder(worker)
         for proc in fleet.procs.values():
             proc.wait_ready()
+        store = await Store.open(default_database_url(tmp_path / "data"))
+        try:
+            class_1, class_2 = await book_recorded(store, "one"), await book_recorded(store, "two")
+        finally:
+            await store.close()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if (http_json(f"{orchestrators[0].url}/healthz")[1] or {}).get("nodes") == 3:
@@ -72,13 +84,16 @@ async def test_rolling_upgrade_keeps_every_class_running(
         # class 1: three browsers; class 2: three aiortc participants
         pages = []
         for name in ("Ana", "Ben", "Cleo"):
-            page, _ = await open_page(fleet.join_url("class-1", name))
+            page, _ = await open_page(fleet.join_url(class_1, name))
             pages.append(page)
         ids = [await joined(p) for p in pages]
         for name in ("Dev", "Eva", "Fin"):
-            client = ClassroomClient(fleet.signaling_url(), fleet.token("class-2", name), room="class-2")
+            client = ClassroomClient(fleet.signaling_url(), fleet.token(class_2, name), room=class_2)
             await client.connect()
-            await client.publish([("camera", VideoStreamTrack()), ("microphone", AudioStreamTrack())])
+            player = MediaPlayer(str(class_media), decode=False)
+            players.append(player)
+            assert player.video is not None and player.audio is not None
+            await client.publish([("camera", player.video), ("microphone", player.audio)])
             clients.append(client)
         for page, me in zip(pages, ids, strict=True):
             await media_flowing(page, set(ids) - {me})
@@ -122,8 +137,22 @@ async def test_rolling_upgrade_keeps_every_class_running(
         gaps = await freezes(pages)
         print(f"\nrolling upgrade of 3 nodes: longest freeze per browser participant (ms): {gaps}")
         assert max(gaps) < 1000
+
+        # both recordings are complete: every second of both classes, across three node moves each
+        api = f"{next(o for o in orchestrators if o.process.poll() is None).url}/v1"
+        for session_id in (class_1, class_2):
+            recording = await wait_recording(api, key, session_id)
+            print(
+                f"recording of {session_id}: {recording['status']} coverage {recording['coverage']}, "
+                f"copies {recording['details']['copies']}"
+            )
+            assert recording["status"] == "ready" and recording["coverage"] == 1.0, recording
     finally:
         stop.set()
         for c in clients:
             await c.close()
+        for player in players:
+            for track in (player.video, player.audio):
+                if track is not None:
+                    track.stop()
         fleet.stop_all()
