@@ -57,6 +57,7 @@ def build_stack(
             version=version,
             database_url=default_database_url(data_dir),
             signaling_url=signaling_url,
+            recordings=data_dir / "recordings",
         )
     ]
     first_region = next(iter(regions)).name
@@ -81,10 +82,11 @@ def build_stack(
             build_recorder(
                 bus=bus,
                 worker_id=f"recorder-{i + 1}",
-                storage=data_dir / "recordings" / f"r{i + 1}",
+                storage=data_dir / "recordings",  # one shared root: copies have their own directories in it
                 host=host,
                 port=base_port + 20 + i,
                 version=version,
+                ice_addresses=(host,),
             )
         )
     return Stack(hosts, bus, issuer, signaling_url, first_region)

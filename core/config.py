@@ -55,6 +55,25 @@ def port_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_list(text: str) -> tuple[float, ...]:
+    """'24h,15m' -> (86400.0, 900.0): comma-separated positive durations (s, m, h or d; plain numbers are seconds)."""
+    out: list[float] = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            value = float(part[:-1]) * _UNITS[part[-1]] if part[-1] in _UNITS else float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a duration: {part!r} (use e.g. 24h,15m)") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"durations must be positive, got {part!r}")
+        out.append(value)
+    return tuple(out)
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:

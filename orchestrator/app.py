@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,9 @@ from orchestrator.api.app import build_api_app
 from orchestrator.api.hooks import ApiHooks, BookingChange
 from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError, NotFoundError
 from orchestrator.forecast import forecast
+from orchestrator.join_revocations import JoinLinkRevocations
 from orchestrator.leader import LeaderElector
+from orchestrator.notifications import NotificationConfig, Notifier
 from orchestrator.placement import (
     LeastLoadedNodeSelector,
     NoCapacityError,
@@ -43,6 +45,7 @@ from orchestrator.placement import (
 )
 from orchestrator.presence import PresenceConsumer
 from orchestrator.provisioning import Provisioner, ProvisioningConfig
+from orchestrator.recording import RecordingConfig, RecordingCoordinator
 from orchestrator.registry import NodeInfo, NodeRegistry
 from orchestrator.rollout import RolloutConflictError, RolloutDriver, RolloutError
 from orchestrator.scheduling_gate import SchedulingGate
@@ -70,6 +73,8 @@ class OrchestratorConfig:
     leader_ttl_ms: int = 3000
     join_link_grace: timedelta = timedelta(hours=1)
     migration_grace_s: float = 4.0  # make-before-break: the old node keeps the room this long after a move
+    notifications: NotificationConfig = field(default_factory=NotificationConfig)
+    recordings: Path = Path("var/recordings")  # the recorders' shared directory (docs/recording.md)
 
 
 class RpcError(BusError):
@@ -109,7 +114,9 @@ class OrchestratorService(Service):
         self._api: web.Application | None = None
         self._leader: LeaderElector | None = None
         self._provisioner: Provisioner | None = None
+        self._recordings: RecordingCoordinator | None = None
         self._presence_task: asyncio.Task[None] | None = None
+        self._notifier: Notifier | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @property
@@ -121,6 +128,16 @@ class OrchestratorService(Service):
     def provisioner(self) -> Provisioner:
         assert self._provisioner is not None, "the orchestrator has not started"
         return self._provisioner
+
+    @property
+    def recordings(self) -> RecordingCoordinator:
+        assert self._recordings is not None, "the orchestrator has not started"
+        return self._recordings
+
+    @property
+    def notifier(self) -> Notifier:
+        assert self._notifier is not None, "the orchestrator has not started"
+        return self._notifier
 
     @property
     def leader(self) -> LeaderElector | None:
@@ -139,6 +156,16 @@ class OrchestratorService(Service):
             ProvisioningConfig(lead_time=self.config.lead_time, interval_s=self.config.provisioning_interval_s),
             on_events=self._dispatcher.wake,
         )
+        self._recordings = RecordingCoordinator(
+            self._store,
+            self.bus,
+            self.registry,
+            RecordingConfig(storage=self.config.recordings),
+            on_events=self._dispatcher.wake,
+        )
+        self._notifier = Notifier(
+            self._store, self.config.notifications, mint_join_link=self._mint_join_link, on_events=self._dispatcher.wake
+        )
         gate = SchedulingGate(self._store)
         hooks = ApiHooks(
             validate_and_assign=gate.validate_and_assign,
@@ -147,6 +174,8 @@ class OrchestratorService(Service):
             on_booking_changed=self._on_booking_changed,
             events_emitted=self._dispatcher.wake,
             ops=self,
+            recordings=self.config.recordings,
+            join_links_revoked=JoinLinkRevocations(self.bus),
         )
         self._api = build_api_app(self._store, hooks=hooks)
         await self.registry.start()
@@ -157,8 +186,15 @@ class OrchestratorService(Service):
         await self._leader.start()
 
     async def _leader_work(self, token: int) -> None:
-        """What only the leader does: provisioning, and moving rooms off draining nodes."""
-        await asyncio.gather(self.provisioner.run(token), self._migration_loop(), self.rollouts.run())
+        """What only the leader does: provisioning, recording jobs, and moving rooms off draining nodes."""
+        assert self._recordings is not None
+        await asyncio.gather(
+            self.provisioner.run(token),
+            self._recordings.run(token),
+            self._migration_loop(),
+            self.rollouts.run(),
+            self.notifier.run(token),
+        )
 
     async def _migration_loop(self) -> None:
         while True:
@@ -277,6 +313,10 @@ class OrchestratorService(Service):
         await self.rollouts.cancel()
         return await self.rollouts.view()
 
+    async def end_session(self, session_id: str) -> Session:
+        """The class ends now (ahead of its booked end): the room closes and the recording is built."""
+        return await self.provisioner.end_now(session_id)
+
     async def forecast(self, hours: int) -> dict[str, Any]:
         now = datetime.now(UTC)
         sessions = await self.store.sessions_between(now, now + timedelta(hours=hours))
@@ -314,6 +354,7 @@ class OrchestratorService(Service):
 
     async def _on_booking_changed(self, change: BookingChange) -> None:
         await self.provisioner.booking_changed(change)
+        await self.notifier.booking_changed(change)
         # a session that must start within the lead time is provisioned now rather than at the next round
         if change.kind in ("created", "rescheduled") and self._leader is not None and self._leader.is_leader:
             await self.provisioner.provision_due()

@@ -72,6 +72,9 @@ class PresenceConsumer:
             return
         if not isinstance(event, PresenceEvent) or event.role == "recorder":
             return
+        if event.event in ("published", "left"):
+            # the interval media was sent, for the recording's coverage (a no-op when the session is not recorded)
+            await self._store.note_recording_media(event.room_id, event.at)
         if event.event not in ("joined", "left"):
             return
         try:

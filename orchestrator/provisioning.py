@@ -139,6 +139,21 @@ class Provisioner:
             self._on_events()
         return closed
 
+    async def end_now(self, session_id: str) -> Session:
+        """End a provisioned or live session at once (the instructor closes the class early)."""
+        session = await self._store.get_session(session_id)
+        if session.status not in (SessionStatus.PROVISIONED, SessionStatus.LIVE):
+            raise InvalidStateError(
+                f"session {session_id} is {session.status.value}; only a provisioned or live one ends"
+            )
+        updated = await self._store.update_session(
+            session_id, status=SessionStatus.ENDED, event_type="session.ended", if_status=session.status
+        )
+        await self._close_room(session_id)
+        self._on_events()
+        logger.info("session=%s ended on request", session_id)
+        return updated
+
     async def booking_changed(self, change: BookingChange) -> None:
         now = datetime.now(UTC)
         for session in change.sessions:

@@ -19,9 +19,13 @@ from orchestrator import metrics
 from orchestrator.api.handlers import OPERATIONS as BOOKING_OPERATIONS
 from orchestrator.api.hooks import ApiHooks
 from orchestrator.api.keys import authenticate, require_scope
+from orchestrator.api.notifications import NOTIFICATION_OPERATIONS
 from orchestrator.api.operations import Call, Operation, docs_page, openapi_document, read_body
 from orchestrator.api.ops import MATCH_OPERATIONS, OPS_OPERATIONS
 from orchestrator.api.problems import PROBLEM_JSON, problem, problem_from_exception
+from orchestrator.api.recordings import RECORDING_OPERATIONS, SESSION_OPS_OPERATIONS
+from orchestrator.api.scheduling import SCHEDULING_OPERATIONS
+from orchestrator.api.scheduling_services import SCHEDULING, SchedulingServices
 from orchestrator.errors import (
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
@@ -122,11 +126,17 @@ def build_api_app(store: Store, *, hooks: ApiHooks | None = None) -> web.Applica
     app = web.Application(middlewares=[_edge])
     app[STORE] = store
     app[HOOKS] = hooks = hooks or ApiHooks()
+    app[SCHEDULING] = scheduling = SchedulingServices.build(store, hooks)
+    app.on_cleanup.append(scheduling.on_cleanup)  # stops this replica's optimisation jobs
     # the operational endpoints exist only where the orchestrator's live state does
     operations = (
         *BOOKING_OPERATIONS,
+        *NOTIFICATION_OPERATIONS,
         *(MATCH_OPERATIONS if hooks.match is not None else ()),
         *(OPS_OPERATIONS if hooks.ops is not None else ()),
+        *(SESSION_OPS_OPERATIONS if hooks.ops is not None else ()),
+        *RECORDING_OPERATIONS,
+        *SCHEDULING_OPERATIONS,
     )
     doc = openapi_document(operations)
     app[OPENAPI] = doc

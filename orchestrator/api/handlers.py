@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 from zoneinfo import available_timezones
 
-import jwt
 from aiohttp import web
 
-from orchestrator.api.hooks import BookingChange
+from orchestrator.api.hooks import BookingChange, issue_join_link
 from orchestrator.api.operations import PAGING, Call, Operation, QueryParam
+from orchestrator.api.scheduling_services import SCHEDULING
 from orchestrator.api.schemas import DATETIME, ID
 from orchestrator.api.validation import parse_datetime
 from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError
@@ -29,7 +28,6 @@ from orchestrator.store.models import (
     BookingStatus,
     Instructor,
     InstructorId,
-    JoinLink,
     Session,
     SessionStatus,
     Student,
@@ -184,6 +182,8 @@ async def get_instructor(call: Call) -> web.Response:
 async def patch_instructor(call: Call) -> web.Response:
     current = await call.store.get_instructor(call.path["instructor_id"])
     inst = await call.store.replace_instructor(_instructor_from(call.body, current))
+    if "exceptions" in call.body:  # a new leave over booked sessions: they get substitutes (per the policy)
+        await call.request.app[SCHEDULING].leave_recorded(current, inst)
     return ok(codec.instructor_to_dict(inst))
 
 
@@ -341,6 +341,11 @@ async def patch_booking(call: Call) -> web.Response:
 
 
 async def cancel_booking(call: Call) -> web.Response:
+    if call.body.get("from_session_id"):  # this occurrence and the later ones only
+        booking, sessions = await call.request.app[SCHEDULING].series.cancel_from(
+            call.path["booking_id"], call.body["from_session_id"], reason=call.body.get("reason", "")
+        )
+        return ok(_booking_detail(booking, sessions))
     booking, changed = await call.store.cancel_booking(call.path["booking_id"], reason=call.body.get("reason", ""))
     sessions = await call.store.sessions_of_booking(booking.booking_id)
     if changed:
@@ -394,14 +399,8 @@ async def create_join_link(call: Call) -> web.Response:
             "this student is not in the session",
             [FieldError("/participant_id", f"{participant!r} is not one of the session's students")],
         )
-    url, token, expires_at = await call.hooks.mint_join_link(session, participant, role)
-    try:
-        jti = str(jwt.decode(token, options={"verify_signature": False}).get("jti") or "")
-    except jwt.PyJWTError:
-        jti = ""
-    jti = jti or hashlib.sha256(token.encode()).hexdigest()
-    await call.store.add_join_link(JoinLink(jti, session.session_id, participant, role, expires_at, datetime.now(UTC)))
-    return ok({"url": url, "token": token, "expires_at": codec.iso(expires_at)}, 201)
+    link = await issue_join_link(call.store, call.hooks.mint_join_link, session, participant, role)
+    return ok({"url": link.url, "token": link.token, "expires_at": codec.iso(link.expires_at)}, 201)
 
 
 # ---------------------------------------------------------------------- webhook subscriptions
@@ -542,7 +541,9 @@ OPERATIONS: tuple[Operation, ...] = (
         patch_instructor,
         "Instructor",
         request="InstructorPatch",
-        description="Fields given replace the stored ones (lists are replaced whole).",
+        description="Fields given replace the stored ones (lists are replaced whole). A new exception (leave) "
+        "over booked sessions gives each of them substitutes per the organisation's substitution_policy "
+        "(see GET /substitutions).",
     ),
     Operation(
         "POST",
@@ -652,7 +653,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "BookingCancel",
         request_required=False,
         description="Cancels sessions that have not started and frees their slots; emits "
-        "booking.cancelled. Cancelling twice is harmless.",
+        "booking.cancelled. Cancelling twice is harmless. With from_session_id only that occurrence and the "
+        "later ones are cancelled (the booking stays active while any session is left).",
     ),
     Operation(
         "GET",

@@ -8,18 +8,23 @@ with python-dateutil, and mint join tokens signed with a per-process random key.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import jwt
 from dateutil.rrule import rrulestr
 
 from orchestrator.errors import FieldError, InvalidInputError, RuleViolation
-from orchestrator.store.models import Booking, BookingDraft, Occurrence, Session
+from orchestrator.store.models import Booking, BookingDraft, JoinLink, Occurrence, Session
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
 
 MAX_OCCURRENCES = 200
 RRULE_HORIZON = timedelta(days=2 * 366)
@@ -143,11 +148,40 @@ async def default_mint_join_link(session: Session, participant_id: str, role: st
     return f"/classroom/{session.session_id}?token={token}", token, expires.replace(microsecond=0)
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedJoinLink:
+    url: str
+    token: str
+    expires_at: datetime
+    jti: str
+
+
+async def issue_join_link(
+    store: Store, mint: MintJoinLink, session: Session, participant_id: str, role: str
+) -> IssuedJoinLink:
+    """Mint a join link with ``mint`` (the orchestrator's token service) and record it in ``join_links``.
+
+    The one way links are handed out: ``POST /sessions/{id}/join-links`` and the notifications that carry them.
+    """
+    url, token, expires_at = await mint(session, participant_id, role)
+    try:
+        jti = str(jwt.decode(token, options={"verify_signature": False}).get("jti") or "")
+    except jwt.PyJWTError:
+        jti = ""
+    jti = jti or hashlib.sha256(token.encode()).hexdigest()
+    await store.add_join_link(JoinLink(jti, session.session_id, participant_id, role, expires_at, datetime.now(UTC)))
+    return IssuedJoinLink(url, token, expires_at, jti)
+
+
 async def _ignore_change(change: BookingChange) -> None:
     return None
 
 
 def _no_wake() -> None:
+    return None
+
+
+async def _ignore_revoked(links: Sequence[JoinLink]) -> None:
     return None
 
 
@@ -166,6 +200,8 @@ class OpsView(Protocol):
 
     async def cancel_rollout(self) -> dict[str, Any] | None: ...
 
+    async def end_session(self, session_id: str) -> Session: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ApiHooks:
@@ -180,3 +216,8 @@ class ApiHooks:
     """Rank instructors for a booking request (the scheduling engine); without it /matches is not mounted."""
     ops: OpsView | None = None
     """Live node table and load forecast; without it the ops endpoints answer 503."""
+    join_links_revoked: Callable[[Sequence[JoinLink]], Awaitable[None]] = _ignore_revoked
+    """Called with join links the store has just revoked (a substitute took over the session), so that the
+    classroom refuses them at once; the store keeps ``join_links.revoked_at`` either way."""
+    recordings: Path | None = None
+    """The recorders' shared directory, where final recordings are downloaded from."""

@@ -76,6 +76,7 @@ class Operation:
     query: tuple[QueryParam, ...] = ()
     errors: tuple[int, ...] = ()
     description: str = ""
+    binary: str | None = None  # media type of a file response (then ``response`` is None)
     path_params: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,7 +124,11 @@ class Operation:
                 }
             )
         responses: dict[str, Any] = {}
-        if self.response is None:
+        if self.binary is not None:
+            content = {self.binary: {"schema": {"type": "string", "contentMediaType": self.binary}}}
+            responses[str(self.status)] = {"description": "the file", "content": content}
+            responses["206"] = {"description": "the requested byte range", "content": content}
+        elif self.response is None:
             responses[str(self.status)] = {"description": "done"}
         else:
             responses[str(self.status)] = {

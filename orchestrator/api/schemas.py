@@ -32,6 +32,9 @@ SCOPES = (
     "sessions:write",
     "webhooks:manage",
     "ops:read",
+    "scheduling:read",
+    "scheduling:write",
+    "notifications:read",
 )
 
 
@@ -226,7 +229,13 @@ COMPONENTS: dict[str, Schema] = {
         [],
         minProperties=1,
     ),
-    "BookingCancel": obj({"reason": {"type": "string", "maxLength": 1000}}),
+    "BookingCancel": obj(
+        {
+            "reason": {"type": "string", "maxLength": 1000},
+            "from_session_id": ID
+            | {"description": "cancel only this occurrence and the later ones (by occurrence index)"},
+        }
+    ),
     "Session": obj(_session_props, list(_session_props)),
     "Attendance": obj(
         {
@@ -241,13 +250,31 @@ COMPONENTS: dict[str, Schema] = {
         {
             "recording_id": {"type": "string"},
             "session_id": ID,
-            "status": {"type": "string"},
-            "coverage": {"type": "number"},
-            "gaps": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "status": {
+                "type": "string",
+                "enum": ["recording", "assembling", "ready", "failed"],
+                "description": "ready: complete and verified; failed: gaps or unplayable (see gaps and details)",
+            },
+            "coverage": {"type": "number", "description": "seconds recorded / seconds of media sent (0..1)"},
+            "gaps": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "number"}},
+                "description": "[start, end] unix seconds of every instant missing from the final file",
+            },
             "files": {"type": "array", "items": {"type": "string"}},
+            "media_start": nullable({"type": "number"}),
+            "media_end": nullable({"type": "number"}),
+            "duration": nullable({"type": "number"}),
+            "size_bytes": nullable({"type": "integer"}),
+            "failovers": {"type": "integer", "description": "recorder copies replaced while the class ran"},
+            "details": {
+                "type": ["object", "null"],
+                "description": "copies used, per-track packets, verification (decoded duration, A/V offsets)",
+            },
+            "created_at": DATETIME,
             "updated_at": DATETIME,
         },
-        ["recording_id", "session_id", "status", "coverage", "gaps", "files", "updated_at"],
+        ["recording_id", "session_id", "status", "coverage", "gaps", "files", "failovers", "created_at", "updated_at"],
     ),
     "SessionDetail": obj(
         {
@@ -279,7 +306,57 @@ COMPONENTS: dict[str, Schema] = {
     "StudentPage": page_of("Student"),
     "BookingPage": page_of("Booking"),
     "SessionPage": page_of("Session"),
+    "RecordingPage": page_of("Recording"),
     "WebhookSubscriptionPage": page_of("WebhookSubscription"),
+    "Notification": obj(
+        {
+            "notification_id": ID,
+            "session_id": ID,
+            "recipient_id": ID,
+            "recipient_role": {"type": "string", "enum": ["student", "instructor"]},
+            "kind": {"type": "string", "enum": ["reminder", "session_changed", "post_session", "absence_alert"]},
+            "status": {
+                "type": "string",
+                "enum": ["pending", "sending", "sent", "failed", "uncertain", "cancelled", "skipped"],
+                "description": "uncertain: the sender vanished mid-send through SMTP; an operational exception "
+                "asks a human, it is never sent twice",
+            },
+            "due_at": DATETIME,
+            "session_start": DATETIME | {"description": "the session start this notification was planned for"},
+            "attempts": {"type": "integer", "minimum": 0},
+            "channel": {"type": ["string", "null"], "enum": ["webhook", "smtp", None]},
+            "address": {"type": ["string", "null"], "description": "the email address used (guardian for students)"},
+            "join_link_jti": {"type": ["string", "null"], "description": "id of the join link it carried"},
+            "sent_at": nullable(DATETIME),
+            "last_error": {"type": ["string", "null"]},
+            "details": {
+                "type": "object",
+                "description": "reminder: offset_minutes; session_changed: changes, old, new, revision",
+            },
+            "created_at": DATETIME,
+            "updated_at": DATETIME,
+        },
+        [
+            "notification_id",
+            "session_id",
+            "recipient_id",
+            "recipient_role",
+            "kind",
+            "status",
+            "due_at",
+            "session_start",
+            "attempts",
+            "channel",
+            "address",
+            "join_link_jti",
+            "sent_at",
+            "last_error",
+            "details",
+            "created_at",
+            "updated_at",
+        ],
+    ),
+    "NotificationPage": page_of("Notification"),
     "Node": obj(
         {
             "node_id": {"type": "string"},
@@ -462,3 +539,265 @@ COMPONENTS: dict[str, Schema] = {
         ["generated_at", "hours", "regions"],
     ),
 }
+
+
+# ---------------------------------------------------------------------- scheduling operations
+
+_REASON: Schema = {"type": "string", "maxLength": 500}
+_POLICY: Schema = {
+    "type": "string",
+    "enum": ["auto_assign", "propose"],
+    "description": "auto_assign: the best feasible substitute takes the session; propose: wait for a confirm",
+}
+_CANDIDATES: Schema = {"type": "integer", "minimum": 1, "maximum": 20}
+_rank_reason = obj(
+    {
+        "factor": {"type": "string"},
+        "score": {"type": "number"},
+        "weight": {"type": "number"},
+        "detail": {"type": "string"},
+    },
+    ["factor", "score", "weight", "detail"],
+)
+_alternative = obj(
+    {"start": DATETIME, "instructor_id": {"type": "string"}, "score": {"type": "number"}, "why": {"type": "string"}},
+    ["start", "instructor_id", "score", "why"],
+)
+_change = obj(
+    {
+        "session_id": {"type": "string"},
+        "start": DATETIME,
+        "old_instructor_id": {"type": "string"},
+        "new_instructor_id": {"type": "string"},
+    },
+    ["session_id", "start", "old_instructor_id", "new_instructor_id"],
+)
+_applied = obj(
+    {
+        "session_id": {"type": "string"},
+        "old_instructor_id": {"type": "string"},
+        "new_instructor_id": {"type": "string"},
+    },
+    ["session_id", "old_instructor_id", "new_instructor_id"],
+)
+_failed = obj(
+    {
+        "session_id": {"type": "string"},
+        "new_instructor_id": {"type": "string"},
+        "rule": {"type": "string", "description": "a scheduling rule code, or stale / not_found"},
+        "message": {"type": "string"},
+        "conflicting_session_id": {"type": ["string", "null"]},
+    },
+    ["session_id", "new_instructor_id", "rule", "message", "conflicting_session_id"],
+)
+_number_or_null: Schema = {"type": ["number", "null"]}
+
+COMPONENTS.update(
+    {
+        "OccurrenceSkip": obj({"reason": _REASON}),
+        "OccurrenceMove": obj(
+            {
+                "start": DATETIME | {"description": "the occurrence's new UTC start, on a 5-minute boundary"},
+                "scope": {
+                    "type": "string",
+                    "enum": ["this", "following"],
+                    "default": "this",
+                    "description": "following: this occurrence and every later one move by the same local step",
+                },
+            },
+            ["start"],
+        ),
+        "Settings": obj(
+            {
+                "substitution_policy": _POLICY,
+                "substitute_candidates": _CANDIDATES
+                | {"description": "ranked substitutes kept per proposal (and tried in order by auto_assign)"},
+                "updated_at": nullable(DATETIME),
+            },
+            ["substitution_policy", "substitute_candidates", "updated_at"],
+        ),
+        "SettingsPatch": obj(
+            {"substitution_policy": _POLICY, "substitute_candidates": _CANDIDATES}, [], minProperties=1
+        ),
+        "InstructorCancel": obj({"reason": _REASON}),
+        "SubstituteCandidate": obj(
+            {
+                "instructor_id": {"type": "string"},
+                "rank": {"type": "integer"},
+                "tier": {
+                    "type": "integer",
+                    "description": "0 taught these students this subject, 1 taught this curriculum unit, 2 neither",
+                },
+                "score": {"type": "number"},
+                "reasons": {"type": "array", "items": _rank_reason},
+            },
+            ["instructor_id", "rank", "tier", "score", "reasons"],
+        ),
+        "Substitution": obj(
+            {
+                "substitution_id": {"type": "string"},
+                "session_id": {"type": "string"},
+                "booking_id": {"type": "string"},
+                "previous_instructor_id": {"type": "string"},
+                "trigger": {"type": "string", "enum": ["leave", "instructor_cancel"]},
+                "reason": {"type": "string"},
+                "policy": _POLICY,
+                "status": {"type": "string", "enum": ["proposed", "assigned", "confirmed", "declined"]},
+                "candidates": {"type": "array", "items": ref("SubstituteCandidate")},
+                "alternatives": {
+                    "type": "array",
+                    "items": _alternative,
+                    "description": "when nobody can take the session as booked: the nearest feasible times",
+                },
+                "instructor_id": {"type": ["string", "null"], "description": "the substitute who took it"},
+                "exception_id": {"type": ["string", "null"], "description": "the no_substitute exception"},
+                "decision_reason": {"type": "string"},
+                "created_at": DATETIME,
+                "updated_at": DATETIME,
+                "decided_at": nullable(DATETIME),
+            },
+            [
+                "substitution_id",
+                "session_id",
+                "booking_id",
+                "previous_instructor_id",
+                "trigger",
+                "reason",
+                "policy",
+                "status",
+                "candidates",
+                "alternatives",
+                "instructor_id",
+                "exception_id",
+                "decision_reason",
+                "created_at",
+                "updated_at",
+                "decided_at",
+            ],
+        ),
+        "SubstitutionPage": page_of("Substitution"),
+        "SubstitutionConfirm": obj(
+            {
+                "instructor_id": ID | {"description": "the substitute; default: the proposal's first candidate"},
+                "reason": _REASON,
+            }
+        ),
+        "SubstitutionDecline": obj({"reason": _REASON}),
+        "OptimizationCreate": obj(
+            {
+                "week_start": {
+                    "type": "string",
+                    "format": "date",
+                    "pattern": r"^\d{4}-\d{2}-\d{2}$",
+                    "description": "the seven days from this date, 00:00 UTC",
+                },
+                "time_limit_s": {"type": "number", "minimum": 1, "maximum": 120, "default": 10},
+                "reassign": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "false: only sessions whose instructor is no longer feasible get another; "
+                    "true: existing assignments may also change when that covers more sessions",
+                },
+            },
+            ["week_start"],
+        ),
+        "Optimization": obj(
+            {
+                "optimization_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                "week_start": {"type": "string", "format": "date"},
+                "time_limit_s": {"type": "number"},
+                "reassign": {"type": "boolean"},
+                "owner": {"type": "string", "description": "the orchestrator replica running the job"},
+                "heartbeat_at": DATETIME,
+                "cancel_requested": {"type": "boolean"},
+                "progress": obj(
+                    {
+                        "phase": {"type": "string"},
+                        "elapsed_s": {"type": "number"},
+                        "fraction": {"type": "number", "description": "share of the time limit used"},
+                        "solutions": {"type": "integer"},
+                        "best_objective": _number_or_null,
+                        "best_bound": _number_or_null,
+                        "gap": _number_or_null,
+                    },
+                    ["phase", "elapsed_s", "fraction", "solutions", "best_objective", "best_bound", "gap"],
+                ),
+                "result": {
+                    "anyOf": [
+                        obj(
+                            {
+                                "solver_status": {"type": "string"},
+                                "objective": {"type": "number"},
+                                "bound": {"type": "number"},
+                                "gap": {"type": "number"},
+                                "soft_gap": {"type": "number"},
+                                "wall_s": {"type": "number"},
+                                "sessions": {"type": "integer"},
+                                "assigned": {"type": "integer"},
+                                "unassigned": {"type": "array", "items": {"type": "string"}},
+                                "change_count": {"type": "integer"},
+                                "changes": {"type": "array", "items": _change},
+                            },
+                            [
+                                "solver_status",
+                                "objective",
+                                "bound",
+                                "gap",
+                                "soft_gap",
+                                "wall_s",
+                                "sessions",
+                                "assigned",
+                                "unassigned",
+                                "change_count",
+                                "changes",
+                            ],
+                        ),
+                        {"type": "null"},
+                    ]
+                },
+                "error": {"type": ["string", "null"]},
+                "applied_at": nullable(DATETIME),
+                "apply_report": {
+                    "anyOf": [
+                        obj(
+                            {
+                                "state": {"type": "string", "enum": ["applying", "done", "failed"]},
+                                "applied_count": {"type": "integer"},
+                                "failed_count": {"type": "integer"},
+                                "applied": {"type": "array", "items": _applied},
+                                "failed": {"type": "array", "items": _failed},
+                                "error": {"type": "string"},
+                            },
+                            ["state"],
+                        ),
+                        {"type": "null"},
+                    ]
+                },
+                "created_at": DATETIME,
+                "updated_at": DATETIME,
+                "started_at": nullable(DATETIME),
+                "finished_at": nullable(DATETIME),
+            },
+            [
+                "optimization_id",
+                "status",
+                "week_start",
+                "time_limit_s",
+                "reassign",
+                "owner",
+                "heartbeat_at",
+                "cancel_requested",
+                "progress",
+                "result",
+                "error",
+                "applied_at",
+                "apply_report",
+                "created_at",
+                "updated_at",
+                "started_at",
+                "finished_at",
+            ],
+        ),
+    }
+)

@@ -119,6 +119,13 @@ def recording_to_dict(r: Recording) -> dict[str, Any]:
         "coverage": r.coverage,
         "gaps": [[a, b] for a, b in r.gaps],
         "files": list(r.files),
+        "media_start": r.media_start,
+        "media_end": r.media_end,
+        "duration": r.duration,
+        "size_bytes": r.size_bytes,
+        "failovers": r.failovers,
+        "details": r.details,
+        "created_at": iso(r.created_at),
         "updated_at": iso(r.updated_at),
     }
 

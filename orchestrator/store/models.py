@@ -199,6 +199,8 @@ class JoinLink:
     role: str
     expires_at: datetime
     created_at: datetime
+    revoked_at: datetime | None = None
+    """Set when the link stopped being valid (its holder is no longer the session's instructor)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +289,48 @@ class Recording:
     files: tuple[str, ...]
     created_at: datetime
     updated_at: datetime
+    media_start: float | None = None  # unix seconds: the interval media was sent in the room
+    media_end: float | None = None
+    duration: float | None = None  # of the final file, from decoding it
+    size_bytes: int | None = None
+    failovers: int = 0
+    details: dict[str, Any] | None = None  # verification, per-track figures, copies used
+
+
+class RecordingJobStatus(enum.StrEnum):
+    PENDING = "pending"  # waiting for a worker
+    ASSIGNED = "assigned"  # a worker was asked to start it
+    RECORDING = "recording"  # the worker holds its lease and reports progress
+    DONE = "done"  # stopped cleanly at the end of the class
+    REPLACED = "replaced"  # failed or drained while the class ran: another attempt of the slot took over
+    FAILED = "failed"  # ended without a replacement (e.g. the class ended meanwhile)
+
+
+ACTIVE_JOB_STATUSES = (RecordingJobStatus.PENDING, RecordingJobStatus.ASSIGNED, RecordingJobStatus.RECORDING)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingJob:
+    """One attempt at one of a session's two recording copies ("slot" a or b)."""
+
+    job_id: str
+    session_id: SessionId
+    slot: str
+    attempt: int
+    status: RecordingJobStatus
+    worker_id: str | None
+    node_id: str | None
+    failure: dict[str, Any] | None
+    progress: dict[str, Any] | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def copy_id(self) -> str:
+        """Names the copy's files: unique per session (``a1``, ``b1``, ``a2`` after a failover...)."""
+        return f"{self.slot}{self.attempt}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,3 +339,138 @@ class Page(Generic[T]):
 
     items: tuple[T, ...]
     next_cursor: str | None
+
+
+# ---------------------------------------------------------------------- scheduling operations
+
+SubstitutionId = NewType("SubstitutionId", str)
+OptimizationJobId = NewType("OptimizationJobId", str)
+
+
+class SubstitutionPolicy(enum.StrEnum):
+    """What happens to a session whose instructor becomes unavailable (one policy per organisation)."""
+
+    AUTO_ASSIGN = "auto_assign"  # the best feasible substitute is assigned at once
+    PROPOSE = "propose"  # a proposal waits for someone to confirm or decline it
+
+
+@dataclass(frozen=True, slots=True)
+class OrganisationSettings:
+    """The deployment's organisation-wide scheduling settings (one organisation per deployment)."""
+
+    substitution_policy: SubstitutionPolicy = SubstitutionPolicy.PROPOSE
+    substitute_candidates: int = 5
+    """How many ranked substitutes a proposal keeps (and auto-assign tries, in order)."""
+    updated_at: datetime | None = None
+
+
+class SubstitutionStatus(enum.StrEnum):
+    """``proposed`` -> ``confirmed`` | ``declined``; auto-assigned ones are born ``assigned``."""
+
+    PROPOSED = "proposed"
+    ASSIGNED = "assigned"
+    CONFIRMED = "confirmed"
+    DECLINED = "declined"
+
+
+@dataclass(frozen=True, slots=True)
+class SubstitutionDraft:
+    """A substitution about to be recorded: the engine's ranking for one session that lost its instructor."""
+
+    session_id: SessionId
+    booking_id: BookingId
+    previous_instructor_id: InstructorId
+    trigger: str  # "leave" | "instructor_cancel"
+    reason: str
+    policy: SubstitutionPolicy
+    candidates: tuple[dict[str, Any], ...]
+    """Ranked substitutes, best first: ``{instructor_id, rank, tier, score, reasons}``."""
+    alternatives: tuple[dict[str, Any], ...] = ()
+    """When nobody can take it as booked: the nearest feasible times and instructors."""
+
+
+@dataclass(frozen=True, slots=True)
+class Substitution:
+    substitution_id: SubstitutionId
+    session_id: SessionId
+    booking_id: BookingId
+    previous_instructor_id: InstructorId
+    trigger: str
+    reason: str
+    policy: SubstitutionPolicy
+    status: SubstitutionStatus
+    candidates: tuple[dict[str, Any], ...]
+    alternatives: tuple[dict[str, Any], ...]
+    instructor_id: InstructorId | None
+    """The substitute who took the session (assigned or confirmed)."""
+    exception_id: ExceptionId | None
+    """The ``no_substitute`` operational exception raised when nobody could take it."""
+    decision_reason: str
+    created_at: datetime
+    updated_at: datetime
+    decided_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reassignment:
+    """Give ``session_id`` to ``to_instructor_id``, provided ``from_instructor_id`` still holds it."""
+
+    session_id: SessionId
+    from_instructor_id: InstructorId
+    to_instructor_id: InstructorId
+
+
+@dataclass(frozen=True, slots=True)
+class InstructorChange:
+    """A committed reassignment: the session before and after, and the join links it revoked."""
+
+    before: Session
+    after: Session
+    revoked_links: tuple[JoinLink, ...]
+
+
+class OptimizationStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED_OPTIMIZATION_STATUSES = (OptimizationStatus.QUEUED, OptimizationStatus.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationJobRecord:
+    """A bulk re-optimisation job as stored: every replica can answer a poll from this row.
+
+    ``owner`` is the replica running it; it refreshes ``heartbeat_at`` every second or so, so a job whose
+    owner died is recognised by a stale heartbeat and reported as failed.
+    """
+
+    job_id: OptimizationJobId
+    status: OptimizationStatus
+    week_start: datetime
+    time_limit_s: float
+    reassign: bool
+    owner: str
+    heartbeat_at: datetime
+    cancel_requested: bool
+    progress: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    applied_at: datetime | None
+    apply_report: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OccurrenceMove:
+    """Move one session of a series to ``[start, end)`` (UTC, on the 5-minute grid)."""
+
+    session_id: SessionId
+    start: datetime
+    end: datetime

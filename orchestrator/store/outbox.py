@@ -22,10 +22,12 @@ EVENT_TYPES: Final = (
     "session.provisioned",
     "session.started",
     "session.ended",
+    "session.instructor_changed",
     "participant.joined",
     "participant.left",
     "recording.ready",
     "recording.failed",
+    "notification.due",
 )
 
 
@@ -36,19 +38,21 @@ async def emit_event(
     ordering_key: str | None,
     *,
     now: datetime | None = None,
+    event_id: str | None = None,
 ) -> EventId:
     """Record ``event_type`` with ``payload`` for delivery to every interested subscription.
 
     Call it inside the transaction that makes the change. Events sharing an ``ordering_key`` (a booking
-    id) reach each subscriber in the order they were emitted.
+    id) reach each subscriber in the order they were emitted. ``event_id`` makes the id (and so every
+    delivery's ``webhook-id``) stable when the caller has one: a second emit with it fails on the primary key.
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     now = now or datetime.now(UTC)
-    event_id = EventId(new_id("msg"))
+    stable_id = EventId(event_id or new_id("msg"))
     await conn.execute(
         t.webhook_outbox.insert().values(
-            event_id=event_id,
+            event_id=stable_id,
             event_type=event_type,
             payload=payload,
             ordering_key=ordering_key,
@@ -62,7 +66,7 @@ async def emit_event(
     )
     rows = [
         {
-            "event_id": event_id,
+            "event_id": stable_id,
             "subscription_id": sub_id,
             "ordering_key": ordering_key,
             "attempts": 0,
@@ -75,4 +79,4 @@ async def emit_event(
     ]
     if rows:
         await conn.execute(t.webhook_deliveries.insert(), rows)
-    return event_id
+    return stable_id

@@ -244,6 +244,7 @@ join_links = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     _ts("expires_at"),
     _ts("created_at"),
+    _ts("revoked_at", nullable=True),  # added in 0004_scheduling_ops: the instructor was replaced
 )
 
 api_keys = sa.Table(
@@ -313,6 +314,48 @@ webhook_deliveries = sa.Table(
     sa.Index("ix_webhook_deliveries_chain", "subscription_id", "ordering_key", "delivery_id"),
 )
 
+# added in 0003_notifications: the notifications outbox (orchestrator/notifications.py) and, per session, the state
+# its notifications were last planned for (a changed state is a new revision: tell everyone affected, re-plan)
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("notification_id", ID, primary_key=True),
+    sa.Column("session_id", ID, sa.ForeignKey("sessions.session_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("recipient_id", ID, nullable=False),
+    sa.Column("recipient_role", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("variant", sa.String(64), nullable=False),  # tells apart reminders (offset@start), changes (revision)
+    sa.Column("status", sa.String(16), nullable=False),
+    _ts("due_at"),
+    _ts("next_attempt_at"),
+    _ts("session_start"),  # the start the notification was planned for
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("channel", sa.String(16), nullable=True),  # set by the claim
+    sa.Column("claimed_by", sa.String(128), nullable=True),
+    sa.Column("fencing_token", sa.BigInteger, nullable=True),
+    _ts("claimed_at", nullable=True),
+    _ts("sent_at", nullable=True),
+    sa.Column("address", sa.String(320), nullable=True),
+    sa.Column("join_link_jti", sa.String(128), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("details", sa.JSON, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.UniqueConstraint("session_id", "recipient_id", "kind", "variant", name="uq_notifications_once"),
+    sa.Index("ix_notifications_status_next", "status", "next_attempt_at"),
+    sa.Index("ix_notifications_due_id", "due_at", "notification_id"),
+)
+
+notification_plans = sa.Table(
+    "notification_plans",
+    metadata,
+    sa.Column("session_id", ID, sa.ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("state", sa.JSON, nullable=False),
+    _ts("session_updated_at"),
+    _ts("updated_at"),
+)
+
 exceptions = sa.Table(
     "exceptions",
     metadata,
@@ -348,4 +391,95 @@ recordings = sa.Table(
     sa.Column("files", sa.JSON, nullable=False),
     _ts("created_at"),
     _ts("updated_at"),
+    # added in 0002_recording_jobs: the interval media was sent (unix seconds, from presence events), the final
+    # file's size and duration, and what verification found
+    sa.Column("media_start", sa.Float, nullable=True),
+    sa.Column("media_end", sa.Float, nullable=True),
+    sa.Column("duration", sa.Float, nullable=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=True),
+    sa.Column("failovers", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("details", sa.JSON, nullable=True),
+)
+
+recording_jobs = sa.Table(
+    "recording_jobs",
+    metadata,
+    sa.Column("job_id", ID, primary_key=True),
+    sa.Column("session_id", ID, sa.ForeignKey("sessions.session_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("slot", sa.String(8), nullable=False),  # "a" | "b": the two copies
+    sa.Column("attempt", sa.Integer, nullable=False),  # 1, then +1 per replacement of that slot
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("worker_id", sa.String(200), nullable=True),
+    sa.Column("node_id", sa.String(200), nullable=True),
+    sa.Column("failure", sa.JSON, nullable=True),
+    sa.Column("progress", sa.JSON, nullable=True),
+    _ts("started_at", nullable=True),
+    _ts("ended_at", nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.UniqueConstraint("session_id", "slot", "attempt", name="uq_recording_jobs_session_slot_attempt"),
+    sa.Index("ix_recording_jobs_status", "status"),
+)
+
+# ---------------------------------------------------------------------- scheduling operations (0004_scheduling_ops)
+
+organisation_settings = sa.Table(
+    "organisation_settings",
+    metadata,
+    sa.Column("settings_id", sa.String(16), primary_key=True),  # always "default": one organisation per deployment
+    sa.Column("substitution_policy", sa.String(16), nullable=False),
+    sa.Column("substitute_candidates", sa.Integer, nullable=False),
+    _ts("updated_at"),
+)
+
+substitutions = sa.Table(
+    "substitutions",
+    metadata,
+    sa.Column("substitution_id", ID, primary_key=True),
+    sa.Column(
+        "session_id",
+        ID,
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("booking_id", ID, nullable=False),
+    # the session id while the substitution is open (proposed), NULL once decided: at most one open per session
+    sa.Column("open_session_id", ID, nullable=True, unique=True),
+    sa.Column("previous_instructor_id", ID, nullable=False),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("policy", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("candidates", sa.JSON, nullable=False),
+    sa.Column("alternatives", sa.JSON, nullable=False),
+    sa.Column("instructor_id", ID, nullable=True),
+    sa.Column("exception_id", ID, nullable=True),
+    sa.Column("decision_reason", sa.String(1000), nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    _ts("decided_at", nullable=True),
+    sa.Index("ix_substitutions_status_created", "status", "created_at"),
+)
+
+optimization_jobs = sa.Table(
+    "optimization_jobs",
+    metadata,
+    sa.Column("job_id", ID, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    _ts("week_start"),
+    sa.Column("time_limit_s", sa.Float, nullable=False),
+    sa.Column("reassign", sa.Boolean, nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),  # the replica running it
+    _ts("heartbeat_at"),  # refreshed by the owner while queued/running; stale = the owner died
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    sa.Column("progress", sa.JSON, nullable=False),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    _ts("applied_at", nullable=True),
+    sa.Column("apply_report", sa.JSON, nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    _ts("started_at", nullable=True),
+    _ts("finished_at", nullable=True),
 )

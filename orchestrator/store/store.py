@@ -34,6 +34,7 @@ from orchestrator.errors import (
     InvalidInputError,
     InvalidStateError,
     NotFoundError,
+    OrchestratorError,
     SlotConflictError,
 )
 from orchestrator.store import codec
@@ -42,6 +43,7 @@ from orchestrator.store.migrate import upgrade_to_head
 from orchestrator.store.models import (
     MUTABLE_SESSION_STATUSES,
     SLOT_MINUTES,
+    UNFINISHED_OPTIMIZATION_STATUSES,
     ApiKey,
     ApiKeyId,
     Attendance,
@@ -56,15 +58,20 @@ from orchestrator.store.models import (
     ExceptionStatus,
     IdempotencyRecord,
     Instructor,
+    InstructorChange,
     InstructorId,
     JoinLink,
     Occurrence,
+    OccurrenceMove,
     OperationalException,
+    OptimizationJobId,
+    OptimizationJobRecord,
+    OptimizationStatus,
+    OrganisationSettings,
     OutboxEvent,
     Page,
     PersonKind,
-    Recording,
-    RecordingId,
+    Reassignment,
     Session,
     SessionId,
     SessionStatus,
@@ -73,12 +80,18 @@ from orchestrator.store.models import (
     Subject,
     SubjectId,
     SubscriptionId,
+    Substitution,
+    SubstitutionDraft,
+    SubstitutionId,
+    SubstitutionPolicy,
+    SubstitutionStatus,
     WebhookDelivery,
     WebhookSubscription,
     WeeklyWindow,
     new_id,
 )
 from orchestrator.store.outbox import emit_event
+from orchestrator.store.recordings import RecordingsStore
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +125,7 @@ class _ClaimRace(Exception):
     """Another transaction took a slot between our check and our insert: retry from the start."""
 
 
-class Store:
+class Store(RecordingsStore):
     """The orchestrator's SQL store."""
 
     def __init__(self, engine: AsyncEngine, *, memory: bool = False) -> None:
@@ -810,7 +823,7 @@ class Store:
             r = (await c.execute(sa.select(t.join_links).where(t.join_links.c.jti == jti))).first()
         if r is None:
             return None
-        return JoinLink(r.jti, SessionId(r.session_id), r.participant_id, r.role, r.expires_at, r.created_at)
+        return _join_link(r)
 
     # ------------------------------------------------------------------ API keys
 
@@ -1154,52 +1167,505 @@ class Store:
             rows, nxt = await _page_by_id(c, t.exceptions, t.exceptions.c.exception_id, limit, cursor, where)
         return Page(tuple(_exception(r) for r in rows), nxt)
 
-    # ------------------------------------------------------------------ recordings
+    # ------------------------------------------------------------------ scheduling operations: settings
 
-    async def upsert_recording(
+    async def get_settings(self, *, conn: AsyncConnection | None = None) -> OrganisationSettings:
+        """The organisation's scheduling settings (the defaults until someone changes them)."""
+        async with self._rx(conn) as c:
+            r = (
+                await c.execute(
+                    sa.select(t.organisation_settings).where(t.organisation_settings.c.settings_id == _SETTINGS_ID)
+                )
+            ).first()
+        if r is None:
+            return OrganisationSettings()
+        return OrganisationSettings(SubstitutionPolicy(r.substitution_policy), r.substitute_candidates, r.updated_at)
+
+    async def update_settings(
+        self, *, substitution_policy: SubstitutionPolicy | None = None, substitute_candidates: int | None = None
+    ) -> OrganisationSettings:
+        """Change the fields given and keep the others."""
+        if substitute_candidates is not None and not 1 <= substitute_candidates <= _MAX_SUBSTITUTE_CANDIDATES:
+            raise InvalidInputError(
+                "substitute_candidates is out of range",
+                [FieldError("/substitute_candidates", f"must be between 1 and {_MAX_SUBSTITUTE_CANDIDATES}")],
+            )
+        s = t.organisation_settings
+        async with self.transaction() as c:
+            current = await self.get_settings(conn=c)
+            values = {
+                "substitution_policy": (substitution_policy or current.substitution_policy).value,
+                "substitute_candidates": substitute_candidates or current.substitute_candidates,
+                "updated_at": _now(),
+            }
+            res = await c.execute(s.update().where(s.c.settings_id == _SETTINGS_ID).values(**values))
+            if res.rowcount == 0:
+                try:
+                    async with c.begin_nested():
+                        await c.execute(s.insert().values(settings_id=_SETTINGS_ID, **values))
+                except IntegrityError:  # a concurrent first PATCH inserted it: ours wins as an update
+                    await c.execute(s.update().where(s.c.settings_id == _SETTINGS_ID).values(**values))
+            return await self.get_settings(conn=c)
+
+    # ------------------------------------------------------------------ scheduling operations: series
+
+    async def cancel_occurrences(
+        self, booking_id: str, session_id: str, *, following: bool = False, reason: str = ""
+    ) -> tuple[Booking, list[Session], list[SessionId]]:
+        """Cancel one occurrence of a series (a skip) or, with ``following``, it and every later one.
+
+        Returns the booking, all its sessions, and the ids cancelled by this call. Cancelled sessions free their
+        slots. Sessions already cancelled stay as they are, so repeating the call changes nothing and emits
+        nothing. Skipping a session that has started is an ``InvalidStateError``; ``following`` leaves live and
+        ended sessions alone ("later" is by occurrence index). A booking left with no session that is not
+        cancelled is cancelled too. Emits ``booking.cancelled`` with ``scope`` ``occurrence`` or ``following``.
+        """
+        async with self.transaction() as c:
+            booking = await _lock_booking(c, booking_id)
+            sessions = await _sessions_of(c, [booking_id])
+            pivot = _occurrence_of(booking_id, sessions, session_id)
+            if not following and pivot.status in (SessionStatus.LIVE, SessionStatus.ENDED):
+                raise InvalidStateError(f"session {session_id!r} is {pivot.status}; it can no longer be skipped")
+            picked = [s for s in sessions if s.occurrence_index >= pivot.occurrence_index] if following else [pivot]
+            doomed = [s.session_id for s in picked if s.status in MUTABLE_SESSION_STATUSES]
+            if not doomed:
+                return booking, sessions, []
+            now = _now()
+            await c.execute(t.occupancy.delete().where(t.occupancy.c.session_id.in_(doomed)))
+            await c.execute(
+                t.sessions.update()
+                .where(t.sessions.c.session_id.in_(doomed))
+                .values(status=SessionStatus.CANCELLED.value, updated_at=now)
+            )
+            left = [s for s in sessions if s.session_id not in doomed and s.status is not SessionStatus.CANCELLED]
+            values: dict[str, Any] = {"updated_at": now}
+            if not left:
+                values["status"] = BookingStatus.CANCELLED.value
+            await c.execute(t.bookings.update().where(t.bookings.c.booking_id == booking_id).values(**values))
+            booking = await _load_booking(c, booking_id)
+            sessions = await _sessions_of(c, [booking_id])
+            await emit_event(
+                c,
+                "booking.cancelled",
+                {
+                    "booking": codec.booking_to_dict(booking),
+                    "cancelled_session_ids": doomed,
+                    "reason": reason,
+                    "scope": "following" if following else "occurrence",
+                },
+                booking_id,
+            )
+        return booking, sessions, doomed
+
+    async def move_occurrences(
+        self, booking_id: str, moves: Sequence[OccurrenceMove], *, scope: str
+    ) -> tuple[Booking, list[Session], list[tuple[Session, Session]]]:
+        """Move sessions of one booking to new times, all or nothing; returns (booking, sessions, (old, new) pairs).
+
+        Only ``scheduled`` and ``provisioned`` sessions can move (else ``InvalidStateError``). The moved sessions
+        give up their occupancy and claim the new slots in the same transaction, so a clash is a
+        ``SlotConflictError`` (409 naming the holder) and nothing changes. The booking's own ``start`` and
+        ``rrule`` keep describing the series as booked. Emits ``booking.rescheduled`` with the first move's old
+        and new times and every moved occurrence's.
+        """
+        if not moves:
+            raise InvalidInputError("nothing to move")
+        for move in moves:
+            for moment in (move.start, move.end):
+                if moment.tzinfo is None or int(moment.timestamp()) % _SLOT_SECONDS or moment.microsecond:
+                    raise InvalidInputError(
+                        f"session {move.session_id} would start or end off the {SLOT_MINUTES}-minute grid",
+                        [FieldError("/start", f"must be a UTC time on a {SLOT_MINUTES}-minute boundary")],
+                    )
+            if move.end <= move.start:
+                raise InvalidInputError(f"session {move.session_id} would end before it starts")
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                async with self.transaction() as c:
+                    booking = await _lock_booking(c, booking_id)
+                    if booking.status is BookingStatus.CANCELLED:
+                        raise InvalidStateError(f"booking {booking_id!r} is cancelled; its occurrences cannot move")
+                    sessions = await _sessions_of(c, [booking_id])
+                    pairs: list[tuple[Session, Session]] = []
+                    for move in moves:
+                        old = _occurrence_of(booking_id, sessions, move.session_id)
+                        if old.status not in MUTABLE_SESSION_STATUSES:
+                            raise InvalidStateError(f"session {old.session_id!r} is {old.status} and cannot be moved")
+                        pairs.append((old, replace(old, start=move.start, end=move.end)))
+                    now = _now()
+                    moved_ids = [old.session_id for old, _ in pairs]
+                    await c.execute(t.occupancy.delete().where(t.occupancy.c.session_id.in_(moved_ids)))
+                    for _, new in pairs:
+                        await c.execute(
+                            t.sessions.update()
+                            .where(t.sessions.c.session_id == new.session_id)
+                            .values(starts_at=new.start, ends_at=new.end, updated_at=now)
+                        )
+                    await _claim(c, [new for _, new in pairs])
+                    await c.execute(
+                        t.bookings.update().where(t.bookings.c.booking_id == booking_id).values(updated_at=now)
+                    )
+                    booking = await _load_booking(c, booking_id)
+                    sessions = await _sessions_of(c, [booking_id])
+                    first_old, first_new = pairs[0]
+                    minutes = int((first_old.end - first_old.start).total_seconds()) // 60
+                    await emit_event(
+                        c,
+                        "booking.rescheduled",
+                        {
+                            "booking": codec.booking_to_dict(booking),
+                            "scope": scope,
+                            "old": {"start": codec.iso(first_old.start), "duration_minutes": minutes},
+                            "new": {"start": codec.iso(first_new.start), "duration_minutes": minutes},
+                            "occurrences": [
+                                {
+                                    "session_id": old.session_id,
+                                    "occurrence_index": old.occurrence_index,
+                                    "old": {"start": codec.iso(old.start), "end": codec.iso(old.end)},
+                                    "new": {"start": codec.iso(new.start), "end": codec.iso(new.end)},
+                                }
+                                for old, new in pairs
+                            ],
+                            "sessions": [codec.session_to_dict(s) for s in sessions],
+                        },
+                        booking_id,
+                    )
+                return booking, sessions, pairs
+            except _ClaimRace:
+                logger.debug("booking=%s attempt=%d occupancy race on a move, retrying", booking_id, attempt)
+        raise SlotConflictError(PersonKind.INSTRUCTOR, "?", None)
+
+    async def history_sessions(
         self,
-        session_id: str,
         *,
-        status: str,
-        coverage: float = 0.0,
-        gaps: Sequence[tuple[float, float]] = (),
-        files: Sequence[str] = (),
-    ) -> Recording:
-        """Create or update the recording of a session; ``ready``/``failed`` emit recording.* events."""
+        student_ids: Iterable[str],
+        curriculum_units: Iterable[str],
+        start: datetime,
+        end: datetime,
+    ) -> list[Session]:
+        """Sessions that are not cancelled, starting in ``[start, end)``, with any of these students or units.
+
+        The scheduling engine's continuity ranking (who taught this student, this curriculum unit) reads them.
+        """
+        students = list(set(student_ids))
+        units = list(set(curriculum_units))
+        who: sa.ColumnElement[bool] = t.sessions.c.session_id.in_(
+            sa.select(t.session_students.c.session_id).where(t.session_students.c.student_id.in_(students))
+        )
+        if units:
+            who = sa.or_(who, t.sessions.c.curriculum_unit.in_(units))
+        cond = sa.and_(
+            who,
+            t.sessions.c.starts_at >= start,
+            t.sessions.c.starts_at < end,
+            t.sessions.c.status != SessionStatus.CANCELLED.value,
+        )
+        async with self.read() as c:
+            return await _load_sessions(c, cond)
+
+    # ------------------------------------------------------------------ scheduling operations: instructors
+
+    async def reassign_sessions(
+        self,
+        reassignments: Sequence[Reassignment],
+        *,
+        reason: str,
+        context: dict[str, Any] | None = None,
+    ) -> tuple[list[InstructorChange], dict[SessionId, OrchestratorError]]:
+        """Give sessions to other instructors; returns the committed changes and, per session, why one failed.
+
+        Each session must still be ``scheduled`` or ``provisioned`` and held by ``from_instructor_id`` (a
+        compare-and-set: a stale request fails with ``InvalidStateError``). The new instructor claims the
+        session's slots in the database, so a clash fails that session with ``SlotConflictError`` naming the
+        holder, however many replicas write at once. Sessions that pass are committed together (swaps between
+        two instructors work); a failing one is dropped and the rest tried again. The old instructor's join links
+        to the session are revoked. Emits ``session.instructor_changed`` per session with ``reason`` and
+        ``context`` (e.g. the substitution or optimisation job behind it).
+        """
+        pending = {r.session_id: r for r in reassignments}
+        failures: dict[SessionId, OrchestratorError] = {}
+        races = 0
+        while True:
+            try:
+                async with self.transaction() as c:
+                    changes = await _reassign_batch(c, list(pending.values()), failures, reason, context or {})
+                return changes, failures
+            except _Refused as refused:
+                failures[refused.session_id] = refused.error
+            except _ClaimRace:
+                races += 1
+                if races > _CONFLICT_RETRIES:
+                    raise SlotConflictError(PersonKind.INSTRUCTOR, "?", None) from None
+            for session_id in failures:
+                pending.pop(session_id, None)
+
+    # ------------------------------------------------------------------ scheduling operations: substitutions
+
+    async def record_substitution(
+        self,
+        draft: SubstitutionDraft,
+        *,
+        assign_to: InstructorId | None = None,
+        exception_id: str | None = None,
+    ) -> tuple[Substitution, InstructorChange | None]:
+        """Store what happened to one session that lost its instructor.
+
+        With ``assign_to`` the substitute takes the session in the same transaction (status ``assigned``; a clash
+        raises and nothing is stored). Without, the substitution waits as ``proposed``; a session has at most one
+        proposal open (another is an ``InvalidStateError``).
+        """
+        substitution_id = SubstitutionId(new_id("sbs"))
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                async with self.transaction() as c:
+                    change: InstructorChange | None = None
+                    now = _now()
+                    if assign_to is not None:
+                        failures: dict[SessionId, OrchestratorError] = {}
+                        wanted = Reassignment(draft.session_id, draft.previous_instructor_id, assign_to)
+                        changes = await _reassign_batch(
+                            c, [wanted], failures, draft.trigger, {"substitution_id": substitution_id}
+                        )
+                        if failures:
+                            raise failures[draft.session_id]
+                        change = changes[0]
+                    row = {
+                        "substitution_id": substitution_id,
+                        "session_id": draft.session_id,
+                        "booking_id": draft.booking_id,
+                        "open_session_id": None if change is not None else draft.session_id,
+                        "previous_instructor_id": draft.previous_instructor_id,
+                        "trigger": draft.trigger,
+                        "reason": draft.reason[:500],
+                        "policy": draft.policy.value,
+                        "status": (SubstitutionStatus.ASSIGNED if change else SubstitutionStatus.PROPOSED).value,
+                        "candidates": list(draft.candidates),
+                        "alternatives": list(draft.alternatives),
+                        "instructor_id": assign_to if change is not None else None,
+                        "exception_id": exception_id,
+                        "decision_reason": "",
+                        "created_at": now,
+                        "updated_at": now,
+                        "decided_at": now if change is not None else None,
+                    }
+                    try:
+                        async with c.begin_nested():
+                            await c.execute(t.substitutions.insert().values(**row))
+                    except IntegrityError:
+                        raise InvalidStateError(
+                            f"session {draft.session_id!r} already has an open substitution proposal"
+                        ) from None
+                    return await _load_substitution(c, substitution_id), change
+            except _Refused as refused:
+                raise refused.error from None
+            except _ClaimRace:
+                logger.debug("session=%s attempt=%d occupancy race, retrying", draft.session_id, attempt)
+        raise SlotConflictError(PersonKind.INSTRUCTOR, str(assign_to), None)
+
+    async def get_substitution(self, substitution_id: str) -> Substitution:
+        async with self.read() as c:
+            return await _load_substitution(c, substitution_id)
+
+    async def list_substitutions(
+        self,
+        *,
+        status: SubstitutionStatus | None = None,
+        session_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[Substitution]:
+        """Substitutions, oldest first."""
+        s = t.substitutions
+        where: list[sa.ColumnElement[bool]] = []
+        if status is not None:
+            where.append(s.c.status == status.value)
+        if session_id is not None:
+            where.append(s.c.session_id == session_id)
+        async with self.read() as c:
+            rows, nxt = await _page_by_time(c, s, s.c.created_at, s.c.substitution_id, where, limit, cursor)
+        return Page(tuple(_substitution(r) for r in rows), nxt)
+
+    async def open_substitutions(self, session_ids: Iterable[str]) -> dict[SessionId, SubstitutionId]:
+        """The open (proposed) substitution of each of these sessions that has one."""
+        ids = list(set(session_ids))
+        if not ids:
+            return {}
+        s = t.substitutions
+        async with self.read() as c:
+            rows = await c.execute(
+                sa.select(s.c.open_session_id, s.c.substitution_id).where(s.c.open_session_id.in_(ids))
+            )
+            return {SessionId(r.open_session_id): SubstitutionId(r.substitution_id) for r in rows}
+
+    async def confirm_substitution(
+        self, substitution_id: str, instructor_id: InstructorId, *, reason: str = ""
+    ) -> tuple[Substitution, InstructorChange]:
+        """Give a proposed substitution's session to ``instructor_id``: one confirm wins, the session is re-claimed.
+
+        ``InvalidStateError`` when the proposal is no longer open or the session moved on; ``SlotConflictError``
+        when the substitute became busy. Resolves the proposal's ``no_substitute`` exception.
+        """
+        for attempt in range(_CONFLICT_RETRIES):
+            try:
+                async with self.transaction() as c:
+                    sub = await _lock_substitution(c, substitution_id)
+                    if sub.status is not SubstitutionStatus.PROPOSED:
+                        raise InvalidStateError(f"substitution {substitution_id!r} is {sub.status}; it cannot change")
+                    failures: dict[SessionId, OrchestratorError] = {}
+                    wanted = Reassignment(sub.session_id, sub.previous_instructor_id, instructor_id)
+                    changes = await _reassign_batch(
+                        c, [wanted], failures, sub.trigger, {"substitution_id": sub.substitution_id}
+                    )
+                    if failures:
+                        raise failures[sub.session_id]
+                    now = _now()
+                    await _decide_substitution(c, sub, SubstitutionStatus.CONFIRMED, instructor_id, reason, now)
+                    return await _load_substitution(c, substitution_id), changes[0]
+            except _Refused as refused:
+                raise refused.error from None
+            except _ClaimRace:
+                logger.debug("substitution=%s attempt=%d occupancy race on confirm, retrying", substitution_id, attempt)
+        raise SlotConflictError(PersonKind.INSTRUCTOR, instructor_id, None)
+
+    async def decline_substitution(self, substitution_id: str, *, reason: str = "") -> Substitution:
+        """Close a proposal without a substitute; the session keeps its instructor until someone acts."""
+        async with self.transaction() as c:
+            sub = await _lock_substitution(c, substitution_id)
+            if sub.status is not SubstitutionStatus.PROPOSED:
+                raise InvalidStateError(f"substitution {substitution_id!r} is {sub.status}; it cannot change")
+            await _decide_substitution(c, sub, SubstitutionStatus.DECLINED, None, reason, _now())
+            return await _load_substitution(c, substitution_id)
+
+    # ------------------------------------------------------------------ scheduling operations: optimisation jobs
+
+    async def create_optimization_job(
+        self, *, week_start: datetime, time_limit_s: float, reassign: bool, owner: str
+    ) -> OptimizationJobRecord:
+        job_id = OptimizationJobId(new_id("opt"))
         now = _now()
         async with self.transaction() as c:
-            session = await self.get_session(session_id, conn=c)
-            r = (await c.execute(sa.select(t.recordings).where(t.recordings.c.session_id == session_id))).first()
-            values = {
-                "status": status,
-                "coverage": coverage,
-                "gaps": [list(g) for g in gaps],
-                "files": list(files),
-                "updated_at": now,
-            }
-            if r is None:
-                await c.execute(
-                    t.recordings.insert().values(
-                        recording_id=new_id("rec"), session_id=session_id, created_at=now, **values
-                    )
+            await c.execute(
+                t.optimization_jobs.insert().values(
+                    job_id=job_id,
+                    status=OptimizationStatus.QUEUED.value,
+                    week_start=week_start,
+                    time_limit_s=time_limit_s,
+                    reassign=reassign,
+                    owner=owner,
+                    heartbeat_at=now,
+                    cancel_requested=False,
+                    progress={},
+                    result=None,
+                    error=None,
+                    applied_at=None,
+                    apply_report=None,
+                    created_at=now,
+                    updated_at=now,
+                    started_at=None,
+                    finished_at=None,
                 )
-            else:
-                await c.execute(t.recordings.update().where(t.recordings.c.session_id == session_id).values(**values))
-            row = (await c.execute(sa.select(t.recordings).where(t.recordings.c.session_id == session_id))).one()
-            recording = _recording(row)
-            if status in ("ready", "failed") and (r is None or r.status != status):
-                await emit_event(
-                    c,
-                    f"recording.{status}",
-                    {"recording": codec.recording_to_dict(recording)},
-                    session.booking_id,
-                )
-        return recording
+            )
+            return await _load_optimization_job(c, job_id)
 
-    async def recording_of(self, session_id: str) -> Recording | None:
+    async def get_optimization_job(self, job_id: str) -> OptimizationJobRecord:
         async with self.read() as c:
-            r = (await c.execute(sa.select(t.recordings).where(t.recordings.c.session_id == session_id))).first()
-        return None if r is None else _recording(r)
+            return await _load_optimization_job(c, job_id)
+
+    async def update_optimization_job(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        expect: Iterable[OptimizationStatus],
+        status: OptimizationStatus | None = None,
+        progress: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> OptimizationJobRecord | None:
+        """The owner's heartbeat and state changes, as a compare-and-set on (owner, status in ``expect``).
+
+        Returns the row after the change (its ``cancel_requested`` tells the owner to stop), or None when the
+        row is no longer the owner's to change (it was failed as stale, or cancelled before it started).
+        """
+        now = _now()
+        values: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
+        if status is not None:
+            values["status"] = status.value
+            if status is OptimizationStatus.RUNNING:
+                values["started_at"] = now
+            elif status not in UNFINISHED_OPTIMIZATION_STATUSES:
+                values["finished_at"] = now
+        if progress is not None:
+            values["progress"] = progress
+        if result is not None:
+            values["result"] = result
+        if error is not None:
+            values["error"] = error[:4000]
+        j = t.optimization_jobs
+        async with self.transaction() as c:
+            res = await c.execute(
+                j.update()
+                .where(j.c.job_id == job_id, j.c.owner == owner, j.c.status.in_([s.value for s in expect]))
+                .values(**values)
+            )
+            if res.rowcount == 0:
+                return None
+            return await _load_optimization_job(c, job_id)
+
+    async def request_optimization_cancel(self, job_id: str) -> OptimizationJobRecord:
+        """Ask the owner to stop; a job still queued is cancelled at once. Finished jobs: ``InvalidStateError``."""
+        j = t.optimization_jobs
+        now = _now()
+        async with self.transaction() as c:
+            job = await _load_optimization_job(c, job_id)
+            if job.status not in UNFINISHED_OPTIMIZATION_STATUSES:
+                raise InvalidStateError(f"optimisation {job_id!r} is {job.status}; there is nothing to cancel")
+            values: dict[str, Any] = {"cancel_requested": True, "updated_at": now}
+            if job.status is OptimizationStatus.QUEUED:
+                values.update(status=OptimizationStatus.CANCELLED.value, finished_at=now)
+            await c.execute(j.update().where(j.c.job_id == job_id, j.c.status == job.status.value).values(**values))
+            return await _load_optimization_job(c, job_id)
+
+    async def fail_stale_optimization_job(
+        self, job_id: str, *, heartbeat_before: datetime, error: str
+    ) -> OptimizationJobRecord:
+        """Mark the job failed if it is unfinished and its owner has not beaten since ``heartbeat_before``."""
+        j = t.optimization_jobs
+        now = _now()
+        async with self.transaction() as c:
+            await c.execute(
+                j.update()
+                .where(
+                    j.c.job_id == job_id,
+                    j.c.status.in_([s.value for s in UNFINISHED_OPTIMIZATION_STATUSES]),
+                    j.c.heartbeat_at < heartbeat_before,
+                )
+                .values(status=OptimizationStatus.FAILED.value, error=error, finished_at=now, updated_at=now)
+            )
+            return await _load_optimization_job(c, job_id)
+
+    async def claim_optimization_apply(self, job_id: str) -> OptimizationJobRecord:
+        """Take the right to apply a succeeded job's changes, once (``InvalidStateError`` otherwise)."""
+        j = t.optimization_jobs
+        now = _now()
+        async with self.transaction() as c:
+            job = await _load_optimization_job(c, job_id)
+            if job.status is not OptimizationStatus.SUCCEEDED:
+                raise InvalidStateError(f"optimisation {job_id!r} is {job.status}; only a succeeded job can be applied")
+            res = await c.execute(
+                j.update()
+                .where(j.c.job_id == job_id, j.c.applied_at.is_(None))
+                .values(applied_at=now, apply_report={"state": "applying"}, updated_at=now)
+            )
+            if res.rowcount == 0:
+                raise InvalidStateError(f"optimisation {job_id!r} was already applied")
+            return await _load_optimization_job(c, job_id)
+
+    async def finish_optimization_apply(self, job_id: str, report: dict[str, Any]) -> OptimizationJobRecord:
+        j = t.optimization_jobs
+        async with self.transaction() as c:
+            await c.execute(j.update().where(j.c.job_id == job_id).values(apply_report=report, updated_at=_now()))
+            return await _load_optimization_job(c, job_id)
 
 
 # ====================================================================== helpers
@@ -1746,19 +2212,228 @@ def _exception(r: sa.Row[Any]) -> OperationalException:
     )
 
 
-def _recording(r: sa.Row[Any]) -> Recording:
-    return Recording(
-        recording_id=RecordingId(r.recording_id),
-        session_id=SessionId(r.session_id),
-        status=r.status,
-        coverage=float(r.coverage),
-        gaps=tuple((float(a), float(b)) for a, b in r.gaps),
-        files=tuple(r.files),
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-    )
-
-
 def hash_secret(secret: str) -> str:
     """sha256 hex of an API key secret (what ``api_keys.secret_hash`` stores)."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# ====================================================================== helpers: scheduling operations
+
+_SETTINGS_ID = "default"
+_MAX_SUBSTITUTE_CANDIDATES = 20
+
+
+class _Refused(Exception):
+    """One session of a reassignment batch clashed in the database: roll back, drop it, try the rest again."""
+
+    def __init__(self, session_id: SessionId, error: OrchestratorError) -> None:
+        super().__init__(str(error))
+        self.session_id = session_id
+        self.error = error
+
+
+def _occurrence_of(booking_id: str, sessions: Sequence[Session], session_id: str) -> Session:
+    for s in sessions:
+        if s.session_id == session_id:
+            return s
+    raise NotFoundError("occurrence", f"{session_id} of booking {booking_id}")
+
+
+async def _reassign_batch(
+    c: AsyncConnection,
+    wanted: Sequence[Reassignment],
+    failures: dict[SessionId, OrchestratorError],
+    reason: str,
+    context: dict[str, Any],
+) -> list[InstructorChange]:
+    """Reassign inside the caller's transaction; stale requests go to ``failures``, a clash raises ``_Refused``.
+
+    Every session first gives up its occupancy, then each claims its slots with the new instructor, so that
+    swaps between two instructors in one batch succeed.
+    """
+    if not wanted:
+        return []
+    ids = [r.session_id for r in wanted]
+    # row locks (PostgreSQL), in a stable order, so concurrent batches over the same sessions queue up
+    await c.execute(
+        sa.select(t.sessions.c.session_id)
+        .where(t.sessions.c.session_id.in_(ids))
+        .order_by(t.sessions.c.session_id)
+        .with_for_update()
+    )
+    current = {s.session_id: s for s in await _load_sessions(c, t.sessions.c.session_id.in_(ids))}
+    known = set(
+        (
+            await c.execute(
+                sa.select(t.instructors.c.instructor_id).where(
+                    t.instructors.c.instructor_id.in_({r.to_instructor_id for r in wanted})
+                )
+            )
+        ).scalars()
+    )
+    valid: list[tuple[Session, Session]] = []
+    for r in wanted:
+        s = current.get(r.session_id)
+        if s is None:
+            failures[r.session_id] = NotFoundError("session", r.session_id)
+        elif r.to_instructor_id not in known:
+            failures[r.session_id] = NotFoundError("instructor", r.to_instructor_id)
+        elif s.status not in MUTABLE_SESSION_STATUSES:
+            failures[r.session_id] = InvalidStateError(
+                f"session {s.session_id!r} is {s.status}; its instructor can no longer change"
+            )
+        elif s.instructor_id != r.from_instructor_id:
+            failures[r.session_id] = InvalidStateError(
+                f"session {s.session_id!r} is now taught by {s.instructor_id!r}, not {r.from_instructor_id!r}"
+            )
+        elif r.to_instructor_id == s.instructor_id:
+            failures[r.session_id] = InvalidStateError(
+                f"session {s.session_id!r} is already taught by {s.instructor_id!r}"
+            )
+        else:
+            valid.append((s, replace(s, instructor_id=r.to_instructor_id)))
+    if not valid:
+        return []
+    now = _now()
+    await c.execute(t.occupancy.delete().where(t.occupancy.c.session_id.in_([old.session_id for old, _ in valid])))
+    for old, new in valid:
+        await c.execute(
+            t.sessions.update()
+            .where(t.sessions.c.session_id == old.session_id)
+            .values(instructor_id=new.instructor_id, updated_at=now)
+        )
+    for _, new in valid:
+        try:
+            await _claim(c, [new])
+        except SlotConflictError as exc:
+            raise _Refused(new.session_id, exc) from None
+    changes: list[InstructorChange] = []
+    links = t.join_links
+    for old, new in valid:
+        mine = sa.and_(
+            links.c.session_id == old.session_id,
+            links.c.participant_id == old.instructor_id,
+            links.c.role == "instructor",
+            links.c.revoked_at.is_(None),
+        )
+        revoked = tuple(replace(_join_link(r), revoked_at=now) for r in await c.execute(sa.select(links).where(mine)))
+        if revoked:
+            await c.execute(links.update().where(mine).values(revoked_at=now))
+        await emit_event(
+            c,
+            "session.instructor_changed",
+            {
+                "session": codec.session_to_dict(new),
+                "previous_instructor_id": old.instructor_id,
+                "instructor_id": new.instructor_id,
+                "reason": reason,
+                **context,
+                "revoked_join_links": len(revoked),
+            },
+            new.booking_id,
+        )
+        changes.append(InstructorChange(old, new, revoked))
+    return changes
+
+
+def _join_link(r: sa.Row[Any]) -> JoinLink:
+    return JoinLink(r.jti, SessionId(r.session_id), r.participant_id, r.role, r.expires_at, r.created_at, r.revoked_at)
+
+
+async def _lock_substitution(c: AsyncConnection, substitution_id: str) -> Substitution:
+    row = (
+        await c.execute(
+            sa.select(t.substitutions.c.substitution_id)
+            .where(t.substitutions.c.substitution_id == substitution_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError("substitution", substitution_id)
+    return await _load_substitution(c, substitution_id)
+
+
+async def _load_substitution(c: AsyncConnection, substitution_id: str) -> Substitution:
+    r = (
+        await c.execute(sa.select(t.substitutions).where(t.substitutions.c.substitution_id == substitution_id))
+    ).first()
+    if r is None:
+        raise NotFoundError("substitution", substitution_id)
+    return _substitution(r)
+
+
+async def _decide_substitution(
+    c: AsyncConnection,
+    sub: Substitution,
+    status: SubstitutionStatus,
+    instructor_id: InstructorId | None,
+    reason: str,
+    now: datetime,
+) -> None:
+    await c.execute(
+        t.substitutions.update()
+        .where(t.substitutions.c.substitution_id == sub.substitution_id)
+        .values(
+            status=status.value,
+            open_session_id=None,
+            instructor_id=instructor_id,
+            decision_reason=reason[:1000],
+            decided_at=now,
+            updated_at=now,
+        )
+    )
+    if status is SubstitutionStatus.CONFIRMED and sub.exception_id is not None:
+        await c.execute(
+            t.exceptions.update()
+            .where(
+                t.exceptions.c.exception_id == sub.exception_id,
+                t.exceptions.c.status != ExceptionStatus.RESOLVED.value,
+            )
+            .values(status=ExceptionStatus.RESOLVED.value, resolved_at=now, updated_at=now)
+        )
+
+
+def _substitution(r: sa.Row[Any]) -> Substitution:
+    return Substitution(
+        substitution_id=SubstitutionId(r.substitution_id),
+        session_id=SessionId(r.session_id),
+        booking_id=BookingId(r.booking_id),
+        previous_instructor_id=InstructorId(r.previous_instructor_id),
+        trigger=r.trigger,
+        reason=r.reason,
+        policy=SubstitutionPolicy(r.policy),
+        status=SubstitutionStatus(r.status),
+        candidates=tuple(r.candidates),
+        alternatives=tuple(r.alternatives),
+        instructor_id=None if r.instructor_id is None else InstructorId(r.instructor_id),
+        exception_id=None if r.exception_id is None else ExceptionId(r.exception_id),
+        decision_reason=r.decision_reason,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        decided_at=r.decided_at,
+    )
+
+
+async def _load_optimization_job(c: AsyncConnection, job_id: str) -> OptimizationJobRecord:
+    r = (await c.execute(sa.select(t.optimization_jobs).where(t.optimization_jobs.c.job_id == job_id))).first()
+    if r is None:
+        raise NotFoundError("optimization", job_id)
+    return OptimizationJobRecord(
+        job_id=OptimizationJobId(r.job_id),
+        status=OptimizationStatus(r.status),
+        week_start=r.week_start,
+        time_limit_s=float(r.time_limit_s),
+        reassign=bool(r.reassign),
+        owner=r.owner,
+        heartbeat_at=r.heartbeat_at,
+        cancel_requested=bool(r.cancel_requested),
+        progress=dict(r.progress or {}),
+        result=r.result,
+        error=r.error,
+        applied_at=r.applied_at,
+        apply_report=r.apply_report,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+    )
