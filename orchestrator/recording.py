@@ -179,6 +179,13 @@ class RecordingCoordinator:
             except NotFoundError:
                 continue
             self._sessions[session_id] = session
+            if session.status is SessionStatus.SCHEDULED:
+                # moved back beyond the lead time (its room was released): nothing of it may keep running
+                for job in await self._store.discard_recording(session_id):
+                    self._spawn(self._stop_worker_job(job, "session rescheduled"), f"recording:drop:{job.job_id}")
+                self._sessions.pop(session_id, None)
+                logger.info("session=%s rescheduled beyond the lead time: recording jobs dropped", session_id)
+                continue
             if session.status in OVER:
                 for job in session_jobs:
                     await self._finish_job(job, session)

@@ -202,6 +202,21 @@ class RecordingsStore:
             pass  # another replica created them first
         return await self.recording_jobs(session_id)
 
+    async def discard_recording(self, session_id: str) -> list[RecordingJob]:
+        """A provisioned session moved back beyond the lead time: its jobs (and its recording, while nothing was
+        built) go, so that provisioning it again starts afresh. Returns the jobs that were active."""
+        async with self.transaction() as c:
+            rows = (
+                await c.execute(sa.select(t.recording_jobs).where(t.recording_jobs.c.session_id == session_id))
+            ).all()
+            await c.execute(t.recording_jobs.delete().where(t.recording_jobs.c.session_id == session_id))
+            await c.execute(
+                t.recordings.delete().where(
+                    t.recordings.c.session_id == session_id, t.recordings.c.status == "recording"
+                )
+            )
+        return [j for j in map(_job, rows) if j.status in ACTIVE_JOB_STATUSES]
+
     async def recording_jobs(self, session_id: str) -> list[RecordingJob]:
         async with self.read() as c:
             rows = (
