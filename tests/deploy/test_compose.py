@@ -231,16 +231,34 @@ def test_regions_file_lists_each_media_node_at_its_compose_address(
         assert "./regions.compose.yaml:/etc/classmesh/regions.yaml:ro" in mounts
 
 
-def test_two_recorders_with_their_own_ids_and_storage(classmesh_services: dict[str, dict[str, Any]]) -> None:
+def _volume_at(service: dict[str, Any], path: str) -> str | None:
+    """The named volume (or bind source) a service mounts at ``path``, None when nothing is mounted there."""
+    for spec in service.get("volumes", []):
+        parts = str(spec).split(":")
+        if len(parts) >= 2 and parts[1] == path:
+            return parts[0]
+    return None
+
+
+def test_two_recorders_with_their_own_ids_share_one_recordings_volume_with_the_orchestrator(
+    compose: dict[str, Any], classmesh_services: dict[str, dict[str, Any]]
+) -> None:
     recorders = {n: s for n, s in classmesh_services.items() if _subcommand(s) == "recorder"}
     assert len(recorders) == 2
     ids = {option_value(s["command"], "--worker-id") for s in recorders.values()}
     assert ids == set(recorders), "worker id = service name, so logs, metrics and leases line up"
-    volumes = [
-        next(str(v).split(":")[0] for v in s["volumes"] if ":/var/lib/classmesh/recordings" in str(v))
-        for s in recorders.values()
-    ]
-    assert len(set(volumes)) == 2, "each recorder writes to its own volume"
+    orchestrator = classmesh_services["orchestrator"]
+    # Where each one reads and writes recordings, from its command (the CLI's flags) ...
+    directories = {n: option_value(s["command"], "--storage") for n, s in recorders.items()}
+    directories["orchestrator"] = option_value(orchestrator["command"], "--recordings")
+    assert all(directories.values()), (
+        f"set --storage on every recorder and --recordings on the orchestrator: {directories}"
+    )
+    # ... and what is mounted there: the same named volume everywhere, so the leader sees every copy.
+    mounted = {n: _volume_at(classmesh_services[n], d) for n, d in directories.items() if d}
+    assert set(mounted.values()) == {"recordings"}, f"recordings must be one shared volume: {mounted}"
+    assert "recordings" in compose["volumes"]
+    assert not any(str(v).startswith("recordings-") for v in compose["volumes"]), "per-recorder volumes are gone"
 
 
 def test_every_scrape_target_is_a_compose_service_on_its_port(

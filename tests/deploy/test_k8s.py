@@ -300,17 +300,43 @@ def test_media_pods_own_their_host_network_one_per_host() -> None:
         assert 1024 <= lo < hi <= 65535 and SERVICE_PORTS["media"] not in range(lo, hi + 1)
 
 
-def test_two_recorders_on_different_hosts_with_their_own_volumes() -> None:
+def _claim_mounted_at(workload: Doc, container: Doc, path: str) -> str | None:
+    """The PersistentVolumeClaim a container has mounted (read-write) at ``path``, None when it is not a claim."""
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in workload["spec"]["template"]["spec"].get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+    for mount in container["volumeMounts"]:
+        if mount["mountPath"] == path and not mount.get("readOnly", False) and "subPath" not in mount:
+            return claims.get(mount["name"])
+    return None
+
+
+def test_two_recorders_on_different_hosts_share_one_rwx_recordings_claim_with_the_orchestrator() -> None:
     (recorder,) = [s for s in _by_kind("StatefulSet") if s["metadata"]["name"] == "recorder"]
     assert recorder["spec"]["replicas"] >= 2
+    assert "volumeClaimTemplates" not in recorder["spec"], "one shared volume, not one per recorder"
     pod = recorder["spec"]["template"]["spec"]
     (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
-    (claim,) = recorder["spec"]["volumeClaimTemplates"]
     (container,) = _containers(recorder)
+    env = _env(container)
+    assert env["CLASSMESH_WORKER_ID"]["value"] == "$(POD_NAME)"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["CLASSMESH_ICE_ADDRESSES"]["value"] == "$(POD_IP)"
     storage = container["args"][container["args"].index("--storage") + 1]
-    assert {"name": claim["metadata"]["name"], "mountPath": storage} in container["volumeMounts"]
-    assert _env(container)["CLASSMESH_WORKER_ID"]["value"] == "$(POD_NAME)"
+    (orchestrator,) = [d for d in _by_kind("Deployment") if d["metadata"]["name"] == "orchestrator"]
+    (main,) = _containers(orchestrator)
+    recordings = main["args"][main["args"].index("--recordings") + 1]
+    mounted = {
+        "recorder": _claim_mounted_at(recorder, container, storage),
+        "orchestrator": _claim_mounted_at(orchestrator, main, recordings),
+    }
+    assert mounted == {"recorder": "classmesh-recordings", "orchestrator": "classmesh-recordings"}, mounted
+    (claim,) = [c for c in _by_kind("PersistentVolumeClaim") if c["metadata"]["name"] == "classmesh-recordings"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], "recorders on different hosts write at once"
+    assert "storageClassName" not in claim["spec"], "the cluster's default class (it must support RWX)"
 
 
 def _secret_keys() -> dict[str, set[str]]:
@@ -359,7 +385,7 @@ def _expanded_env(container: Doc) -> dict[str, str]:
     """The container's environment as the kubelet would build it, with stand-ins for the downward API and
     Secrets (values no cluster is needed for)."""
     env = dict(_config_env())
-    stand_ins = {"metadata.name": "pod-0", "status.hostIP": "127.0.0.1"}
+    stand_ins = {"metadata.name": "pod-0", "status.hostIP": "127.0.0.1", "status.podIP": "10.0.0.7"}
     for entry in container.get("env", []):
         if "value" in entry:
             env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), entry["value"])
