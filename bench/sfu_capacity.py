@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sfu_capacity.py --publishers 4 --subscribers-per-publisher 16 \\
         --baseline janus,mediarelay --warmup 5 --duration 30
+    .venv/bin/python bench/sfu_capacity.py --workers 1,2 --publishers 4 --subscribers-per-publisher 16
 
 A load generator in its own processes (aiortc publishers sending a pre-encoded VP8 640x480 30 fps
 ~1 Mbit/s clip, optionally Opus; subscribers that count RTP without decoding) connects through each
@@ -10,6 +11,11 @@ measures over a fixed window: the SFU processes' CPU (user+sys from /proc), the 
 per-subscriber packet and frame delivery, forwarding delay (publisher send time to subscriber receive
 time, both CLOCK_MONOTONIC), NACKs and retransmissions, and, with ``--loss``, how many of the packets
 dropped on the way to subscribers were recovered. Prints one JSON object (see bench/README.md).
+
+``--workers 1,2`` runs the classmesh node once per worker count on the same load (1 = one process; N > 1 = a
+front and N forwarding worker processes) and reports how the load spreads over the processes; with
+``--find-capacity`` it also looks, per worker count, for the largest load every subscriber still receives
+>= 99.9 % of.
 """
 
 from __future__ import annotations
@@ -38,7 +44,14 @@ from bench.loadgen import cpu  # noqa: E402
 from bench.loadgen import targets as targets_module  # noqa: E402
 from bench.loadgen.clip import ensure_clip  # noqa: E402
 from bench.loadgen.report import ratio, summarize  # noqa: E402
-from bench.loadgen.targets import JANUS_ADDRESS, JANUS_INTERFACE, TARGETS, TargetUnavailable, make_target  # noqa: E402
+from bench.loadgen.targets import (  # noqa: E402
+    JANUS_ADDRESS,
+    JANUS_INTERFACE,
+    TARGETS,
+    ClassmeshTarget,
+    TargetUnavailable,
+    make_target,
+)
 from bench.loadgen.workers import WorkerSpec, worker_main  # noqa: E402
 
 SUBSCRIBERS_PER_PROCESS = 16
@@ -67,12 +80,35 @@ def _positive(value: str) -> int:
     return number
 
 
+def _worker_counts(value: str) -> list[int]:
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected worker counts like 1 or 1,2, got {value!r}") from None
+    if not counts or any(c < 1 for c in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct worker counts >= 1 like 1,2, got {value!r}")
+    return counts
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", choices=TARGETS, default="classmesh", help="the SFU under test")
     parser.add_argument(
         "--baseline", type=_targets, default=[], help="comma list of baselines run on the same load (janus,mediarelay)"
     )
+    parser.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default=[1],
+        help="classmesh node's forwarding processes; a comma list (1,2) runs the node once per count",
+    )
+    parser.add_argument(
+        "--find-capacity",
+        action="store_true",
+        help="per worker count, raise subscribers per publisher by --capacity-step until delivery < 99.9 %%",
+    )
+    parser.add_argument("--capacity-step", type=_positive, default=0, help="default: --subscribers-per-publisher")
+    parser.add_argument("--capacity-max-streams", type=_positive, default=400)
     parser.add_argument("--publishers", type=_positive, default=4)
     parser.add_argument("--subscribers-per-publisher", type=_positive, default=16)
     parser.add_argument("--audio", action=argparse.BooleanOptionalAction, default=False, help="also send Opus audio")
@@ -138,11 +174,14 @@ class _WorkerHandle:
             await asyncio.to_thread(self.process.join, 5)
 
 
-async def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run_target(
+    name: str, args: argparse.Namespace, *, node_workers: int = 1, per: int | None = None
+) -> dict[str, Any]:
     """Start ``name``, put the load on it, measure, stop it; the figures of that run."""
-    target = make_target(name, janus_interface=args.janus_interface)
+    target = make_target(name, janus_interface=args.janus_interface, workers=node_workers)
+    roles: dict[int, str] = {}
     workers: list[_WorkerHandle] = []
-    publishers, per = args.publishers, args.subscribers_per_publisher
+    publishers, per = args.publishers, per or args.subscribers_per_publisher
     streams = publishers * per
     try:
         try:
@@ -178,6 +217,7 @@ async def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
         receiving = sum(i["receiving"] for i in infos)
         await asyncio.sleep(args.warmup)
         sfu_pids = target.pids()
+        roles = target.roles() if isinstance(target, ClassmeshTarget) else {}
         gen_pids = [w.process.pid for w in workers if w.process.pid is not None]
         for w in workers:
             w.send("mark")
@@ -210,8 +250,26 @@ async def run_target(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "generator_cpu_cores": round(cpu.cores_used(gen_start, gen_end), 4),
         "generator_processes": len(gen_pids),
     }
+    if roles:
+        result.update(_process_split(node_workers, roles, sfu_start, sfu_end))
     result.update(summarize(name, pub_data["publishers"], subscribers, t0, t1, args.audio))
     return result
+
+
+def _process_split(
+    node_workers: int, roles: dict[int, str], start: cpu.CpuSample, end: cpu.CpuSample
+) -> dict[str, Any]:
+    """How a classmesh node's CPU spread over its processes: one process saturates at one core (the GIL), so
+    the busiest forwarding process bounds the node's capacity."""
+    cores = {pid: cpu.cores_used(cpu.CpuSample(start.wall, {pid: s}), end) for pid, s in start.seconds.items()}
+    forwarding = sorted((round(c, 4) for pid, c in cores.items() if roles.get(pid) in ("node", "worker")), reverse=True)
+    front = round(sum(c for pid, c in cores.items() if roles.get(pid) == "front"), 4)
+    return {
+        "workers": node_workers,
+        "forwarding_process_cores": forwarding,
+        "front_cores": front if node_workers > 1 else None,
+        "busiest_process_cores": forwarding[0] if forwarding else None,
+    }
 
 
 def _ratios(target: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -232,13 +290,95 @@ def _ratios(target: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _delivery_min(result: dict[str, Any]) -> float | None:
+    packets = (result.get("delivery") or {}).get("video_packets") or {}
+    value = packets.get("min")
+    return float(value) if value is not None else None
+
+
+def _scaling(runs: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The same load on 1 and N workers: per-stream cost and how much of it the busiest process carries.
+
+    capacity_ratio = busiest process of the first count / busiest process of count N: with one core per worker,
+    a node saturates when its busiest forwarding process reaches one core, so that is how much more load the
+    N-worker node takes at the same delivery (a model from one load; --find-capacity measures it directly)."""
+    counts = [c for c, r in runs.items() if r.get("available")]
+    if len(counts) < 2:
+        return None
+    base = runs[counts[0]]
+    out: dict[str, Any] = {"base_workers": counts[0], "by_workers": {}}
+    for count in counts:
+        r = runs[count]
+        out["by_workers"][str(count)] = {
+            "streams": r["streams"],
+            "sfu_core_per_stream": r["sfu_core_per_stream"],
+            "busiest_process_cores": r.get("busiest_process_cores"),
+            "forwarding_process_cores": r.get("forwarding_process_cores"),
+            "front_cores": r.get("front_cores"),
+            "delivery_min": _delivery_min(r),
+            "delay_p99_ms": (r.get("delay_ms") or {}).get("p99"),
+            "capacity_ratio": ratio(base.get("busiest_process_cores"), r.get("busiest_process_cores")),
+            "core_per_stream_ratio": ratio(r["sfu_core_per_stream"], base["sfu_core_per_stream"]),
+        }
+    return out
+
+
+async def _find_capacity(args: argparse.Namespace, counts: list[int]) -> dict[str, Any]:
+    """Per worker count: the largest load (subscribers per publisher in steps) with delivery >= 99.9 % for every
+    subscriber. The generator runs on the same machine: when it saturates first, that is what is found."""
+    step = args.capacity_step or args.subscribers_per_publisher
+    out: dict[str, Any] = {"threshold": 0.999, "step_subscribers_per_publisher": step, "by_workers": {}}
+    for count in counts:
+        per, passing, runs = step, 0, []
+        while args.publishers * per <= args.capacity_max_streams:
+            try:
+                r = await run_target("classmesh", args, node_workers=count, per=per)
+            except (RuntimeError, TimeoutError) as exc:  # the generator or the node gave up: beyond capacity
+                runs.append({"streams": args.publishers * per, "error": str(exc)[-300:]})
+                break
+            delivered = _delivery_min(r)
+            runs.append(
+                {
+                    "streams": r.get("streams"),
+                    "delivery_min": delivered,
+                    "delivery_mean": ((r.get("delivery") or {}).get("video_packets") or {}).get("mean"),
+                    "subscribers_below_99_9": (r.get("delivery") or {}).get("subscribers_below_99_9"),
+                    "subscribers_receiving_at_start": r.get("subscribers_receiving_at_start"),
+                    "delay_p99_ms": (r.get("delay_ms") or {}).get("p99"),
+                    "sfu_cpu_cores": r.get("sfu_cpu_cores"),
+                    "busiest_process_cores": r.get("busiest_process_cores"),
+                    "generator_cpu_cores": r.get("generator_cpu_cores"),
+                    "loadavg_1m": round(os.getloadavg()[0], 2),
+                }
+            )
+            if not r.get("available") or delivered is None or delivered < 0.999:
+                break
+            passing = args.publishers * per
+            per += step
+        out["by_workers"][str(count)] = {"largest_passing_streams": passing, "runs": runs}
+    first = out["by_workers"][str(counts[0])]["largest_passing_streams"]
+    out["ratios"] = {
+        f"w{c}/w{counts[0]}": ratio(out["by_workers"][str(c)]["largest_passing_streams"], first) for c in counts[1:]
+    }
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     ensure_clip()  # encode once, before anything is measured
     names = [args.target] + [b for b in args.baseline if b != args.target]
+    counts: list[int] = args.workers
     results: dict[str, dict[str, Any]] = {}
+    by_workers: dict[int, dict[str, Any]] = {}
     load_before = os.getloadavg()
     for name in names:
-        results[name] = await run_target(name, args)
+        if name != "classmesh":
+            results[name] = await run_target(name, args)
+            continue
+        for k, count in enumerate(counts):
+            key = "classmesh" if k == 0 else f"classmesh-w{count}"
+            results[key] = by_workers[count] = await run_target(name, args, node_workers=count)
+    scaling = _scaling(by_workers)
+    capacity = await _find_capacity(args, counts) if args.find_capacity else None
     load_after = os.getloadavg()
     return {
         "benchmark": "sfu_capacity",
@@ -252,6 +392,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "priority": args.priority,
             "duration_s": args.duration,
             "loss": args.loss,
+            "workers": counts,
             "media": "VP8 640x480 30 fps ~1 Mbit/s pre-encoded" + (", Opus 48 kHz" if args.audio else ""),
         },
         "machine": {
@@ -265,6 +406,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "private_netns": args.in_netns,
         "targets": results,
         "ratios": _ratios(args.target, results),
+        "scaling": scaling,
+        "capacity": capacity,
     }
 
 

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from classmesh import __version__
-from core.config import add_common_options, add_option, common_from_args, port_range, positive_float
+from core.config import (
+    add_common_options,
+    add_option,
+    common_from_args,
+    duration_list,
+    port_range,
+    positive_float,
+)
 from core.logs import configure_logging
 
 DEFAULT_DATA_DIR = Path("var")
@@ -101,7 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         help="address to announce in ICE candidates (repeatable; e.g. the public IP behind NAT)",
     )
     add_option(media, "--udp-ports", type=port_range, default=None, help="UDP port range for media, e.g. 40000-40999")
-    add_option(media, "--workers", type=int, default=0, help="forwarding worker processes (0 = one per core)")
+    add_option(
+        media,
+        "--workers",
+        type=int,
+        default=0,
+        help="forwarding worker processes (0 = one per core; 1 = a single process; several need a Redis --bus)",
+    )
     add_option(
         media, "--capacity", type=int, default=0, help="forwarded streams this node takes (0 = from regions.yaml)"
     )
@@ -117,9 +130,23 @@ def _parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recorder", help="a recording worker", description=_doc("recorder"))
     add_common_options(rec, default_port=8720)
     add_option(rec, "--worker-id", default="", help="this worker's id (unique in the fleet)")
-    add_option(rec, "--storage", type=Path, default=DEFAULT_DATA_DIR / "recordings", help="where segments are written")
+    add_option(
+        rec,
+        "--storage",
+        type=Path,
+        default=DEFAULT_DATA_DIR / "recordings",
+        help="where segments are written (shared by every recorder and the orchestrator)",
+    )
     add_option(rec, "--region", default="any", help="region this worker prefers")
     add_option(rec, "--public-url", default="", help="URL of this worker's HTTP endpoint")
+    add_option(
+        rec,
+        "--ice-address",
+        env="CLASSMESH_ICE_ADDRESSES",
+        action="append",
+        default=[],
+        help="address to announce in ICE candidates (repeatable)",
+    )
 
     link = sub.add_parser(
         "join-link", help="mint a join token and print the classroom URL", description=_doc("join-link")
@@ -158,6 +185,51 @@ def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
     )
     add_option(parser, "--public-url", default="", help="URL of the orchestrator's API")
     add_option(parser, "--signaling-url", default="http://127.0.0.1:8701", help="signaling URL used in join links")
+    add_option(
+        parser,
+        "--recordings",
+        type=Path,
+        default=None,
+        help="the recorders' shared directory; final recordings go there too (default <data-dir>/recordings)",
+    )
+    _notification_options(parser)
+
+
+def _notification_options(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser,
+        "--notify-channel",
+        default="webhook",
+        choices=["webhook", "smtp"],
+        help="how reminders, change notices, post-session messages and absence alerts go out: webhook (a "
+        "notification.due event; your booking system sends them) or smtp (classmesh emails them)",
+    )
+    add_option(
+        parser,
+        "--reminder-offsets",
+        type=duration_list,
+        default="24h,15m",
+        help="reminders before a session, e.g. 24h,15m",
+    )
+    add_option(
+        parser,
+        "--absence-minutes",
+        type=int,
+        default=5,
+        help="alert a guardian when a student has not joined this long after the start",
+    )
+    add_option(parser, "--smtp-host", default="127.0.0.1", help="SMTP server (with --notify-channel smtp)")
+    add_option(parser, "--smtp-port", type=int, default=25, help="SMTP port")
+    add_option(parser, "--smtp-from", default="classmesh <noreply@localhost>", help="From: of notification emails")
+    add_option(
+        parser,
+        "--smtp-security",
+        default="auto",
+        choices=["auto", "starttls", "tls", "none"],
+        help="auto: STARTTLS when the server offers it",
+    )
+    add_option(parser, "--smtp-username", default="", help="SMTP login (none when empty)")
+    add_option(parser, "--smtp-password", default="", help="SMTP password (prefer the environment variable)")
 
 
 def _doc(command: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -16,7 +17,10 @@ from core.service import ServiceHost, run_hosts
 from core.tokens import TokenIssuer, TokenVerifier, load_or_create_dev_keys
 
 if TYPE_CHECKING:
-    from media.node import TurnConfig
+    from media.config import TurnConfig
+    from orchestrator.notifications import NotificationConfig
+
+logger = logging.getLogger(__name__)
 
 # Each builder imports its own service: a signaling process should not pay for loading the media stack or the
 # scheduling solver (start-up CPU competes with live media on the same machine).
@@ -29,7 +33,7 @@ def _url(host: str, port: int) -> str:
 
 def turn_configs(region: Region, environ: dict[str, str] | None = None) -> tuple[TurnConfig, ...]:
     """TURN servers of a region with their shared secrets resolved from the environment (here, at the edge)."""
-    from media.node import TurnConfig
+    from media.config import TurnConfig
 
     env = os.environ if environ is None else environ
     return tuple(TurnConfig(t.urls, env.get(t.secret_env) if t.secret_env else None) for t in region.turn)
@@ -47,8 +51,15 @@ def build_media(
     ice_addresses: tuple[str, ...] = (),
     udp_ports: tuple[int, int] | None = None,
     capacity: int = 0,
+    workers: int = 1,
+    bus_url: str = "",
+    log_format: str = "text",
+    log_level: str = "info",
+    drain_timeout: float = 30.0,
 ) -> ServiceHost:
-    from media.node import MediaNode, MediaNodeConfig
+    """One media node: a single process with ``workers=1``, else a front and ``workers`` forwarding processes on
+    the Redis bus at ``bus_url`` (the front imports neither aiortc nor the data plane; its workers do)."""
+    from media.config import MediaNodeConfig
 
     config = MediaNodeConfig(
         node_id=node_id,
@@ -61,7 +72,32 @@ def build_media(
         stun=region.stun,
         turn=turn_configs(region),
     )
+    if workers > 1:
+        from media.front import FrontConfig, MediaFront
+
+        front = FrontConfig(
+            workers=workers,
+            bus_url=bus_url,
+            log_format=log_format,
+            log_level=log_level,
+            drain_timeout=drain_timeout,
+        )
+        return ServiceHost(MediaFront(config, bus, front), host, port)
+    from media.node import MediaNode
+
     return ServiceHost(MediaNode(config, bus), host, port)
+
+
+def media_workers(requested: int, bus_url: str, cpus: int | None = None) -> int:
+    """How many forwarding processes ``classmesh media --workers`` means: 0 is one per core; the in-process bus
+    keeps a node in one process (its workers could not share it)."""
+    if requested < 0:
+        raise ValueError("--workers must be 0 (one per core) or a positive number")
+    workers = requested or cpus or os.cpu_count() or 1
+    if workers > 1 and not bus_url.startswith(("redis://", "rediss://", "unix://")):
+        logger.info("workers=%d requested but the bus is %s: the node runs as one process", workers, bus_url)
+        return 1
+    return workers
 
 
 def build_signaling(
@@ -83,11 +119,17 @@ def build_recorder(
     version: str,
     region: str = "any",
     public_url: str = "",
+    ice_addresses: tuple[str, ...] = (),
 ) -> ServiceHost:
     from recorder.worker import RecorderConfig, RecorderWorker
 
     config = RecorderConfig(
-        worker_id=worker_id, storage=storage, public_url=public_url or _url(host, port), region=region, version=version
+        worker_id=worker_id,
+        storage=storage,
+        public_url=public_url or _url(host, port),
+        region=region,
+        version=version,
+        ice_addresses=ice_addresses,
     )
     return ServiceHost(RecorderWorker(config, bus), host, port)
 
@@ -102,17 +144,45 @@ def build_orchestrator(
     version: str,
     database_url: str,
     signaling_url: str,
+    recordings: Path,
     public_url: str = "",
+    notifications: NotificationConfig | None = None,
 ) -> ServiceHost:
     from orchestrator.app import OrchestratorConfig, OrchestratorService
+    from orchestrator.notifications import NotificationConfig
 
     config = OrchestratorConfig(
         public_url=public_url or _url(host, port),
         signaling_url=signaling_url,
         database_url=database_url,
         version=version,
+        recordings=recordings,
+        notifications=notifications or NotificationConfig(),
     )
     return ServiceHost(OrchestratorService(config, bus, regions, issuer), host, port)
+
+
+def notification_config(args: argparse.Namespace) -> NotificationConfig:
+    """The orchestrator's ``--notify-*``, ``--reminder-offsets``, ``--absence-minutes`` and ``--smtp-*`` flags."""
+    from datetime import timedelta
+
+    from orchestrator.notifications import NotificationConfig, SmtpConfig
+
+    if args.absence_minutes < 0:
+        raise SystemExit("classmesh orchestrator: --absence-minutes must not be negative")
+    return NotificationConfig(
+        channel=args.notify_channel,
+        reminder_offsets=tuple(timedelta(seconds=s) for s in args.reminder_offsets),
+        absence_after=timedelta(minutes=args.absence_minutes),
+        smtp=SmtpConfig(
+            host=args.smtp_host,
+            port=args.smtp_port,
+            sender=args.smtp_from,
+            security=args.smtp_security,
+            username=args.smtp_username,
+            password=args.smtp_password,
+        ),
+    )
 
 
 def _keys(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -139,7 +209,9 @@ async def run_orchestrator(args: argparse.Namespace, common: CommonConfig) -> in
         version=common.version,
         database_url=args.database or default_database_url(args.data_dir),
         signaling_url=args.signaling_url,
+        recordings=args.recordings or args.data_dir / "recordings",
         public_url=args.public_url,
+        notifications=notification_config(args),
     )
     return await _run_one(host, bus, common)
 
@@ -166,19 +238,32 @@ async def run_media(args: argparse.Namespace, common: CommonConfig) -> int:
         region = regions.get(args.region)
     except KeyError as exc:
         raise SystemExit(f"classmesh media: {exc.args[0]}") from None
+    try:
+        workers = media_workers(args.workers, common.bus_url)
+    except ValueError as exc:
+        raise SystemExit(f"classmesh media: {exc}") from None
     bus = open_bus(common.bus_url)
-    host = build_media(
-        bus=bus,
-        region=region,
-        node_id=args.node_id or f"{region.name}-{socket.gethostname()}",
-        host=common.host,
-        port=common.port,
-        version=common.version,
-        public_url=args.public_url,
-        ice_addresses=tuple(args.ice_address),
-        udp_ports=args.udp_ports,
-        capacity=args.capacity,
-    )
+    try:
+        host = build_media(
+            bus=bus,
+            region=region,
+            node_id=args.node_id or f"{region.name}-{socket.gethostname()}",
+            host=common.host,
+            port=common.port,
+            version=common.version,
+            public_url=args.public_url,
+            ice_addresses=tuple(args.ice_address),
+            udp_ports=args.udp_ports,
+            capacity=args.capacity,
+            workers=workers,
+            bus_url=common.bus_url,
+            log_format=common.log_format,
+            log_level=common.log_level,
+            drain_timeout=common.drain_timeout,
+        )
+    except ValueError as exc:
+        await bus.close()
+        raise SystemExit(f"classmesh media: {exc}") from None
     return await _run_one(host, bus, common)
 
 
@@ -193,6 +278,7 @@ async def run_recorder(args: argparse.Namespace, common: CommonConfig) -> int:
         version=common.version,
         region=args.region,
         public_url=args.public_url,
+        ice_addresses=tuple(args.ice_address),
     )
     return await _run_one(host, bus, common)
 

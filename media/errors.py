@@ -6,6 +6,13 @@ for humans. Translate them to wire/HTTP errors only at the edge (media/node.py, 
 
 from __future__ import annotations
 
+from core.bus import BusError
+
+
+class NodeError(BusError):
+    """What a node (or its front) answers a bad or impossible request with: ``code`` travels back to the caller
+    over the bus (``RemoteError.code``). ``MediaError``s become ``NodeError``s at the node's edge."""
+
 
 class MediaError(Exception):
     """Root of every error raised by ``media``."""

@@ -3,13 +3,19 @@
 Module-level objects named ``classmesh_media_*``. Labels are bounded (``node``, ``kind``); room and
 participant ids never become labels. The hot path never looks a label up per packet: objects bind
 their children once through :func:`bind`.
+
+A forwarding worker behind a front (``media.front``) hands these to its front as text (:func:`exposition`); the
+front re-exports them on its own ``/metrics`` with a ``worker`` label.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 ROOMS = Gauge("classmesh_media_rooms", "Rooms open on this node.", ["node"])
 PARTICIPANTS = Gauge("classmesh_media_participants", "Participants joined on this node.", ["node"])
@@ -125,3 +131,37 @@ def bind(node: str) -> NodeMetrics:
         )
         _BOUND[node] = bound
     return bound
+
+
+_DATA_PLANE = (
+    ROOMS,
+    PARTICIPANTS,
+    PUBLISHED_TRACKS,
+    FORWARDED_TRACKS,
+    FORWARDED_PACKETS,
+    FORWARDED_BYTES,
+    RECEIVED_PACKETS,
+    NACKS_RECEIVED,
+    NACKS_SERVED,
+    NACKS_FORWARDED,
+    PLIS_SENT,
+    VIDEO_PAUSES,
+    FORWARD_REJECTED,
+    SUBSCRIBER_LOSS,
+    SUBSCRIBER_RTT,
+)
+
+
+class _DataPlaneCollector(Collector):
+    def collect(self) -> Iterable[Metric]:
+        for metric in _DATA_PLANE:
+            yield from metric.collect()
+
+
+_EXPORT = CollectorRegistry(auto_describe=False)
+_EXPORT.register(_DataPlaneCollector())
+
+
+def exposition() -> str:
+    """This process's data-plane metrics (the ``classmesh_media_*`` above) in the Prometheus text format."""
+    return generate_latest(_EXPORT).decode()

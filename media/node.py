@@ -8,6 +8,12 @@ States follow the service lifecycle: SERVING (takes new rooms and participants) 
 existing rooms run until empty or moved) -> STOPPED.
 
 The request ops and the messages sent to participants are documented in docs/signaling.md ("node contract").
+
+As a forwarding worker behind a front (``config.worker`` set, see ``media.front``) the same class answers
+``media.<node_id>.w<k>`` instead, does not heartbeat (the front announces the node and its summed load), answers
+the front's ``stats`` op, and accepts ``recover`` on ``join`` (the front re-seating a participant whose worker
+died: the participant is first sent ``moved``, as after a node failure). Everything it sends stays tagged with
+the node's id, so signaling cannot tell workers apart.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from core.bus import Bus, BusError, Payload, Subscription
+from core.bus import Bus, Payload, Subscription
 from core.heartbeat import Heartbeat
 from core.ids import is_valid_id
 from core.messages import (
@@ -41,37 +46,20 @@ from core.messages import (
 from core.service import Service, ServiceState
 from core.tokens import Permission, Role
 from media import events as ev
-from media.errors import MediaError
+from media.config import MediaNodeConfig, TurnConfig
+from media.cpu import CpuMeter
+from media.errors import MediaError, NodeError
 from media.forwarding import configure_ice, rtc_configuration
+from media.metrics import exposition as worker_metrics_text
 from media.room import NodeLimits, Room, RoomSettings
+
+__all__ = ["MediaNode", "MediaNodeConfig", "NodeError", "TurnConfig", "subscriber_tracks", "turn_credentials"]
 
 logger = logging.getLogger(__name__)
 
 SOURCES = ("camera", "microphone", "screen")
 DATA_KINDS = ("chat", "hand", "reaction", "poll", "poll_answer", "check", "check_answer")
 MAX_SDP = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class TurnConfig:
-    urls: tuple[str, ...]
-    secret: str | None  # coturn static-auth-secret; None = offer no TURN
-
-
-@dataclass(frozen=True, slots=True)
-class MediaNodeConfig:
-    node_id: str
-    region: str
-    public_url: str
-    version: str = "dev"
-    ice_addresses: tuple[str, ...] = ()
-    udp_ports: tuple[int, int] | None = None
-    capacity_streams: int = 400
-    max_participants_per_room: int = 50
-    heartbeat_interval: float = 1.0
-    stun: tuple[str, ...] = ()
-    turn: tuple[TurnConfig, ...] = ()
-    turn_ttl_s: int = 6 * 3600
 
 
 @dataclass
@@ -87,10 +75,6 @@ class _Seat:
     hand_raised: bool = False
     pending_offer: dict[str, Any] | None = None
     muted: dict[str, bool] = field(default_factory=dict)
-
-
-class NodeError(BusError):
-    pass
 
 
 def turn_credentials(secret: str, identity: str, ttl_s: int, now: float | None = None) -> tuple[str, str]:
@@ -132,7 +116,7 @@ class MediaNode(Service):
         self._heartbeat = Heartbeat(bus, self._heartbeat_message, interval=config.heartbeat_interval)
         self._outbox: asyncio.Queue[tuple[str, Payload]] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
-        self._cpu = _CpuMeter()
+        self._cpu = CpuMeter()
         self._ops: dict[str, Callable[[Payload], Awaitable[Payload]]] = {
             "ping": self._op_ping,
             "create_room": self._op_create_room,
@@ -147,6 +131,8 @@ class MediaNode(Service):
             "leave": self._op_leave,
             "drain": self._op_drain,
         }
+        if config.worker is not None:
+            self._ops["stats"] = self._op_stats
 
     # ------------------------------------------------------------------------------------------ lifecycle
     @property
@@ -156,12 +142,14 @@ class MediaNode(Service):
     async def start(self) -> None:
         configure_ice(addresses=list(self.config.ice_addresses) or None, port_range=self.config.udp_ports)
         self._sender = asyncio.create_task(self._send_loop(), name=f"node-outbox:{self.config.node_id}")
-        self._serving = await self._bus.serve(node_rpc(self.config.node_id), self._handle)
-        self._heartbeat.start(self.config.node_id)
+        self._serving = await self._bus.serve(node_rpc(self.config.rpc_id), self._handle)
+        if self.config.worker is None:  # a worker's front heartbeats for the whole node
+            self._heartbeat.start(self.config.node_id)
 
     async def drain(self, deadline: float) -> None:
         """Refuse new rooms; wait for rooms to empty (moving them is the orchestrator's job)."""
-        await self._heartbeat.send()
+        if self.config.worker is None:  # a worker's front announces the node
+            await self._heartbeat.send()
         while self._rooms and time.monotonic() < deadline:
             for room_id, room in list(self._rooms.items()):
                 if not room.participants:
@@ -467,6 +455,18 @@ class MediaNode(Service):
             hidden=role is Role.RECORDER,
         )
         seat = _Seat(room_id, identity, name, role.value, perms, hidden=info.hidden)
+        recover = payload.get("recover")
+        if self.config.worker is not None and isinstance(recover, str) and not info.hidden:
+            # The front re-seats a participant whose worker died. Its peer connections died with that worker: as
+            # after a node failure, it gets "moved" (the same node) before anything this worker sends it, so it
+            # builds new connections before our first subscriber_offer arrives.
+            moved = {
+                "type": "moved",
+                "reason": recover[:64],
+                "participants": self._room_view(room_id, room),
+                "ice_servers": self._ice_servers(identity),
+            }
+            self._to_participant(pid, moved)
         self._seats[pid] = seat
         try:
             await room.join(info)
@@ -566,6 +566,18 @@ class MediaNode(Service):
             "pending_offer": seat.pending_offer,
         }
 
+    async def _op_stats(self, payload: Payload) -> Payload:
+        """A worker's answer to its front's poll: what it holds, its load since the last poll, its metrics."""
+        rooms = {rid: room.stats() for rid, room in self._rooms.items()}
+        return {
+            "state": self.state.value,
+            "rooms": rooms,
+            "participants": sorted(self._seats),
+            "streams": sum(int(r.get("forwarded_tracks", 0)) for r in rooms.values()),
+            "cpu": self._cpu.sample(),
+            "metrics": worker_metrics_text(),
+        }
+
     async def _op_drain(self, payload: Payload) -> Payload:
         """The orchestrator's rolling upgrade asks this node to drain and exit (its deployment replaces it)."""
         logger.info("node=%s drain requested over the bus", self.config.node_id)
@@ -592,22 +604,3 @@ class MediaNode(Service):
         del self._seats[pid]
         if room is not None:
             await room.leave(pid)
-
-
-class _CpuMeter:
-    """Process CPU use (cores) between two samples, from os.times()."""
-
-    def __init__(self) -> None:
-        self._last = (time.monotonic(), self._cpu())
-
-    @staticmethod
-    def _cpu() -> float:
-        t = os.times()
-        return t.user + t.system
-
-    def sample(self) -> float:
-        now, cpu = time.monotonic(), self._cpu()
-        last_now, last_cpu = self._last
-        self._last = (now, cpu)
-        elapsed = now - last_now
-        return round((cpu - last_cpu) / elapsed, 3) if elapsed > 0 else 0.0

@@ -14,7 +14,8 @@ subscriber receives that one publisher (a lecture per room).
 * ``mediarelay``: bench/loadgen/mediarelay_sfu.py (aiortc MediaRelay: decode once, encode per
   subscriber).
 * ``classmesh``: ``classmesh media``, ``signaling`` and ``orchestrator`` as separate processes on a
-  redis-server, with a one-region regions file on free loopback ports; only the media node is measured.
+  redis-server, with a one-region regions file on free loopback ports; only the media node is measured (with
+  ``workers`` > 1 that is its front and its forwarding worker processes).
   Clients speak the v1 signaling protocol (docs/signaling.md) over the WebSocket with tokens minted
   with a key made for the run.
 """
@@ -362,6 +363,19 @@ class ClassmeshTarget(_ProcessTarget):
 
     name = "classmesh"
 
+    def __init__(self, workers: int = 1) -> None:
+        super().__init__()
+        self.workers = workers
+
+    def roles(self) -> dict[int, str]:
+        """The measured processes by role: ``node`` (one process), or ``front`` and ``worker``."""
+        if self._sfu is None:
+            return {}
+        root = self._sfu.pid
+        if self.workers == 1:
+            return dict.fromkeys(descendants(root), "node")
+        return {pid: "front" if pid == root else "worker" for pid in descendants(root)}
+
     async def start(self, publishers: int, audio: bool) -> Endpoint:
         binary = _classmesh_binary()
         if binary is None:
@@ -407,7 +421,7 @@ class ClassmeshTarget(_ProcessTarget):
         await _wait_tcp(redis_port, 10)
         media = self._spawn(
             [binary, "media", *common(media_port), "--region", _REGION, "--node-id", f"{_REGION}-bench",
-             "--ice-address", "127.0.0.1", "--public-key", str(public_key)],
+             "--ice-address", "127.0.0.1", "--public-key", str(public_key), "--workers", str(self.workers)],
             label="media",
         )  # fmt: skip
         self._sfu = media  # the only process measured
@@ -427,7 +441,7 @@ class ClassmeshTarget(_ProcessTarget):
             ("signaling", signaling + "/readyz", None),
         ):
             try:
-                await wait_http(url, 30, process, ready=True)
+                await wait_http(url, 60, process, ready=True)  # a front waits for its workers first
             except TargetUnavailable as exc:
                 raise TargetUnavailable(f"classmesh {label} did not come up: {exc}\n{self.log_tail(label)}") from None
         await _wait_nodes(f"http://127.0.0.1:{orchestrator_port}/healthz", 1, 30)
@@ -611,13 +625,13 @@ class Client(Protocol):
     async def close(self) -> None: ...
 
 
-def make_target(name: str, janus_interface: str | None = None) -> Target:
+def make_target(name: str, janus_interface: str | None = None, workers: int = 1) -> Target:
     if name == "janus":
         return JanusTarget(janus_interface)
     if name == "mediarelay":
         return MediaRelayTarget()
     if name == "classmesh":
-        return ClassmeshTarget()
+        return ClassmeshTarget(workers)
     raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
 
 

@@ -117,3 +117,22 @@ def test_classmesh_forwards_and_recovers_injected_loss(tmp_path: Path) -> None:
     assert classmesh["nack_messages"] > 0
     assert classmesh["retransmissions"] > 0
     assert loss["recovered"] > 0
+
+
+@pytest.mark.multiprocess
+def test_classmesh_node_runs_on_one_and_on_two_workers_under_the_same_load(tmp_path: Path) -> None:
+    result = run_bench(
+        tmp_path, "--target", "classmesh", "--workers", "1,2", "--publishers", "2", "--subscribers-per-publisher", "1",
+    )  # fmt: skip
+    one, two = result["targets"]["classmesh"], result["targets"]["classmesh-w2"]
+    if not one["available"]:
+        pytest.skip(f"the classmesh target reports itself unavailable: {one['reason']}")
+    for run in (one, two):
+        check_forwarded(run, 2)
+    assert one["workers"] == 1 and len(one["forwarding_process_cores"]) == 1 and one["front_cores"] is None
+    # the two rooms went to different workers: both forwarding processes worked
+    assert two["workers"] == 2 and len(two["forwarding_process_cores"]) == 2
+    assert min(two["forwarding_process_cores"]) > 0 and two["front_cores"] is not None
+    scaling = result["scaling"]
+    assert scaling["base_workers"] == 1 and set(scaling["by_workers"]) == {"1", "2"}
+    assert scaling["by_workers"]["2"]["capacity_ratio"] > 1.0
