@@ -18,10 +18,11 @@ in docs/recording.md; a streaming two-pass version is future work).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,20 +83,53 @@ def _tolerance(kind: str, plist: list[_P], hole: float) -> float:
     return max(hole, 1.5 * statistics.median(steps)) if steps else hole
 
 
-def _runs_end(plist: list[_P], tol: float) -> list[int]:
+Breaks = Callable[[float, float], bool]  # (end of a packet, start of the next) -> is the time between them lost?
+
+
+class _Copy:
+    """What one copy says about an interval: was it alive (any track of it has packets inside), and did its
+    writer record a loss on a track there. A track that is silent while its copy is alive and lost nothing is a
+    pause of the source (a browser that sent no frame for 400 ms), not a hole: the data is continuous and needs
+    no keyframe to go on."""
+
+    def __init__(self, segments: Sequence[SegmentInfo], packets: dict[str, list[_P]]) -> None:
+        self.walls = sorted(p.wall for plist in packets.values() for p in plist)
+        self.lost: dict[str, list[tuple[float, float]]] = {}
+        for seg in segments:
+            for tid, t in seg.tracks.items():
+                self.lost.setdefault(tid, []).extend(t.gaps)
+
+    def alive(self, start: float, end: float) -> bool:
+        i = bisect.bisect_right(self.walls, start)
+        return i < len(self.walls) and self.walls[i] < end
+
+    def breaks(self, tid: str, tol: float) -> Breaks:
+        lost = self.lost.get(tid, [])
+
+        def broken(a_end: float, b_wall: float) -> bool:
+            if b_wall - a_end <= tol:
+                return False
+            if not self.alive(a_end + tol / 2, b_wall - tol / 2):
+                return True
+            return any(ls < b_wall and le > a_end for ls, le in lost)
+
+        return broken
+
+
+def _runs_end(plist: list[_P], broken: Breaks) -> list[int]:
     """For each packet, the index of the last packet of its contiguous run."""
     ends = [0] * len(plist)
     last = len(plist) - 1
     for i in range(len(plist) - 1, -1, -1):
-        if i < len(plist) - 1 and plist[i + 1].wall - (plist[i].wall + plist[i].duration) > tol:
+        if i < len(plist) - 1 and broken(plist[i].wall + plist[i].duration, plist[i + 1].wall):
             last = i
         ends[i] = last
     return ends
 
 
-def _plan(copies: list[list[_P]], tol: float) -> tuple[list[_P], int]:
+def _plan(copies: list[list[_P]], tol: float, breaks: list[Breaks]) -> tuple[list[_P], int]:
     """Select packets for one track from its copies (ordered by preference)."""
-    runs = [_runs_end(c, tol) for c in copies]
+    runs = [_runs_end(c, b) for c, b in zip(copies, breaks, strict=True)]
     out: list[_P] = []
     switches = 0
     cur = next((i for i, c in enumerate(copies) if c), None)
@@ -163,6 +197,7 @@ def assemble(
     if media_end <= media_start:
         raise AssemblyError("media interval is empty")
     read = [_read_copy(c) for c in copies]
+    views = [_Copy(c, r[0]) for c, r in zip(copies, read, strict=True)]
     gap_counts = [sum(len(t.gaps) for s in c for t in s.tracks.values()) for c in copies]
     order = sorted(range(len(copies)), key=lambda i: (gap_counts[i], i))
     track_ids = sorted({tid for packets, _ in read for tid in packets})
@@ -181,15 +216,19 @@ def assemble(
                 meta.setdefault(tid, read[i][1][tid])
         kind = meta[tid][0].kind
         tol = _tolerance(kind, max(lists, key=len), hole)
-        chosen, n = _plan(lists, tol)
+        breaks = [views[i].breaks(tid, tol) for i in order]
+        chosen, n = _plan(lists, tol, breaks)
         switches += n
         chosen = [p for p in chosen if media_start - 1 <= p.wall < media_end + 1]
         selected[tid] = chosen
         if not chosen:
             continue
         spans.append((chosen[0].wall, chosen[-1].wall + chosen[-1].duration))
+        # a hole: no copy was alive there without losing this track (else the source paused)
         holes = [
-            (a.wall + a.duration, b.wall) for a, b in itertools.pairwise(chosen) if b.wall - (a.wall + a.duration) > tol
+            (a.wall + a.duration, b.wall)
+            for a, b in itertools.pairwise(chosen)
+            if all(broken(a.wall + a.duration, b.wall) for broken in breaks)
         ]
         gaps += holes
         info[tid] = {"kind": kind, "packets": len(chosen), "holes": holes}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from recorder.assemble import assemble
@@ -76,3 +77,18 @@ def test_single_copy_without_holes_is_complete(
     # a 2 s longer media interval than recorded: the tail is a gap
     longer = assemble([a], tmp_path / "longer.mkv", BASE, BASE + SECONDS + 2)
     assert longer.gaps and abs(longer.gaps[-1][0] - (BASE + SECONDS)) < 0.05
+
+
+def test_a_pause_of_the_source_is_neither_a_gap_nor_a_reason_to_wait_for_a_keyframe(
+    tmp_path: Path, vp8_frames: list[Encoded], opus_frames: list[Encoded]
+) -> None:
+    """A browser that sends no frame for half a second (its encoder stalled) leaves a time gap in the video with a
+    continuous RTP sequence: the copy was alive (its audio went on) and lost nothing, so it is not a hole."""
+    paused = [e if e.time < 6.0 else dataclasses.replace(e, time=e.time + 0.5) for e in vp8_frames]
+    a = record(tmp_path, "a", paused, opus_frames, (0.0, 0.0))
+    result = assemble([a], tmp_path / "final.mkv", BASE, BASE + SECONDS)
+    assert result.gaps == () and result.coverage == 1.0
+    report = verify_file(tmp_path / "final.mkv", expected_duration=SECONDS, expected_tracks={"video": 1, "audio": 1})
+    assert report.ok, report.problems
+    video = next(s for s in report.streams if s.kind == "video")
+    assert video.frames == len([e for e in paused if e.time < SECONDS])  # nothing dropped to wait for a keyframe
