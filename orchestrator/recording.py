@@ -85,6 +85,7 @@ class _Seen:
     wall: float  # the worker's clock at that report
     session_id: str
     first: float  # monotonic time of the job's first report
+    parts: int = 1
 
 
 class RecordingCoordinator:
@@ -150,7 +151,12 @@ class RecordingCoordinator:
         now = time.monotonic()
         size = int(message.get("bytes") or 0)
         seen = self._seen.get(job_id)
+        parts = int(message.get("parts") or 1)
         grew_at = now if seen is None or size > seen.bytes else seen.grew_at
+        if seen is not None and parts > seen.parts:
+            # the copy followed its room to another node: its new part writes nothing until its clocks have
+            # sender reports and its video keyframes, as a new copy does
+            grew_at = now + self.config.first_write_within - self.config.not_writing_after
         self._seen[job_id] = _Seen(
             now,
             size,
@@ -159,6 +165,7 @@ class RecordingCoordinator:
             float(message.get("at") or time.time()),
             str(message.get("session_id")),
             now if seen is None else seen.first,
+            parts,
         )
 
     def _spawn(self, coro: Any, name: str) -> None:

@@ -192,6 +192,7 @@ def assemble(
     *,
     container: str = "mkv",
     hole: float = 0.1,
+    edge: float | None = None,
 ) -> AssemblyResult:
     """Merge the copies' segments into ``output``; the caller passes the interval media was sent."""
     if media_end <= media_start:
@@ -234,13 +235,15 @@ def assemble(
         info[tid] = {"kind": kind, "packets": len(chosen), "holes": holes}
     # instants no track covers
     # (shorter than ``hole`` is the copies' clock jitter at an edge: two copies place one frame up to ~6 ms apart)
+    # ``edge``: what may be missing at the very start or end (packets in flight when a room opens or closes)
+    edge = hole if edge is None else edge
     covered = _interval_union(spans)
     cursor = media_start
     for a, b in covered:
-        if a - cursor > hole:
+        if a - cursor > (edge if cursor == media_start else hole):
             gaps.append((cursor, min(a, media_end)))
         cursor = max(cursor, b)
-    if media_end - cursor > hole:
+    if media_end - cursor > edge:
         gaps.append((cursor, media_end))
     clipped = [(max(a, media_start), min(b, media_end)) for a, b in gaps]
     merged = _interval_union([(a, b) for a, b in clipped if b > a])

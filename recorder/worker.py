@@ -61,8 +61,8 @@ class RecorderConfig:
     heartbeat_interval: float = 1.0
     lease_ms: int = 3000
     progress_interval: float = 1.0
-    handover_s: float = 3.0  # a moved room: the old part keeps recording this long after the new part joined
-    follow_delay_s: float = 0.5  # a moved room: let the browsers reconnect first (the old node keeps it 4 s)
+    handover_s: float = 2.0  # a moved room: the old part keeps recording this long after the new part joined
+    follow_delay_s: float = 1.5  # a moved room: let the browsers reconnect first (the old node keeps it 4 s)
     segment_seconds: float = 10.0
     ice_addresses: tuple[str, ...] = ()  # announced in ICE (empty: aioice's interface scan, never loopback)
 
