@@ -7,6 +7,7 @@ applied schedules.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -137,7 +138,13 @@ async def test_apply_reports_each_change_that_no_longer_holds(org: Org) -> None:
 
 
 async def _seed_big_week(store: Store, *, instructors: int = 40, sessions: int = 400) -> None:
-    """A week the solver needs many seconds for: every instructor can take every session (written in bulk)."""
+    """A week CP-SAT cannot close within minutes (measured: a 4.5 % gap after 120 s on the 2-core box).
+
+    Written in bulk past the rules: every session starts on one instructor, two at a time, so nearly all must
+    move; each student prefers three random instructors; everyone can take everything. Keeping the current
+    assignment is no longer an optimum the solver can prove at once, as it was when the seed was rule-abiding.
+    """
+    rng = random.Random(7)
     now = datetime.now(UTC)
     monday = datetime(2031, 7, 7, tzinfo=UTC)
     always = [{"weekday": d, "start_time": "00:00", "end_time": "24:00"} for d in range(7)]
@@ -178,7 +185,7 @@ async def _seed_big_week(store: Store, *, instructors: int = 40, sessions: int =
                 "longitude": None,
                 "guardian_name": None,
                 "guardian_email": None,
-                "preferred_instructor_ids": [],
+                "preferred_instructor_ids": [f"big{rng.randrange(instructors):03d}" for _ in range(3)],
                 "created_at": now,
                 "updated_at": now,
             }
@@ -187,9 +194,9 @@ async def _seed_big_week(store: Store, *, instructors: int = 40, sessions: int =
         await c.execute(t.students.insert(), students)
         rows = []
         for k in range(sessions):
-            # two sessions an hour; each instructor's sessions are instructors/2 hours apart
+            # two sessions an hour, all on big000 (see the docstring)
             start = monday + timedelta(hours=k // 2)
-            rows.append((f"bigb{k}", f"bigs{k}", f"pupil{k:04d}", f"big{k % instructors:03d}", start))
+            rows.append((f"bigb{k}", f"bigs{k}", f"pupil{k:04d}", "big000", start))
         common = {"subject_id": "math", "duration_minutes": 60, "created_at": now, "updated_at": now}
         await c.execute(
             t.bookings.insert(),
