@@ -71,6 +71,7 @@ async def main(joins: int) -> dict[str, Any]:
         await registry.wait_for(lambda r: any(n.serving for n in r.nodes("media")), 5)
         remote: list[float] = []
         local: list[float] = []
+        steps: dict[str, list[float]] = {}  # page event -> ms since the page started loading, per join
         try:
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -102,6 +103,14 @@ async def main(joins: int) -> dict[str, Any]:
                     )
                     if own is not None:
                         local.append(float(own))
+                    nav = await page.evaluate(
+                        "(() => { const n = performance.getEntriesByType('navigation')[0];"
+                        " return {'page response': n.responseEnd, 'page parsed': n.domInteractive}; })()"
+                    )
+                    for text, ms in nav.items():
+                        steps.setdefault(text, []).append(float(ms))
+                    for event in await page.evaluate("window.classmesh.events"):
+                        steps.setdefault(event["text"], []).append(float(event["ms"]))
                     await page.evaluate("window.classmesh.leave()")
                     await ctx.close()
                 await host_ctx.close()
@@ -119,6 +128,10 @@ async def main(joins: int) -> dict[str, Any]:
             "max": max(remote),
             "all": [round(v) for v in remote],
         },
+        "timeline_p50_ms": dict(
+            sorted(((text, statistics.median(ms)) for text, ms in steps.items() if len(ms) >= joins / 2),
+                   key=lambda item: item[1])
+        ),
         "baseline_first_local_frame_ms": {"p50": statistics.median(local) if local else None},
         "ratio_remote_to_local_p50": round(statistics.median(remote) / statistics.median(local), 2) if local else None,
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

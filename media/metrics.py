@@ -46,6 +46,11 @@ NACKS_FORWARDED = Counter(
     ["node"],
 )
 PLIS_SENT = Counter("classmesh_media_plis_sent_total", "Keyframe requests sent to publishers.", ["node"])
+KEYFRAME_REPLAYS = Counter(
+    "classmesh_media_keyframe_replays_total",
+    "Video outputs started from the cached latest keyframe instead of waiting for a new one.",
+    ["node"],
+)
 VIDEO_PAUSES = Counter(
     "classmesh_media_video_pauses_total", "Video outputs paused for lack of subscriber bandwidth.", ["node"]
 )
@@ -87,6 +92,7 @@ class NodeMetrics:
     nacks_served: Counter
     nacks_forwarded: Counter
     plis_sent: Counter
+    keyframe_replays: Counter
     video_pauses: Counter
     forward_rejected: Counter
     loss: Histogram
@@ -122,6 +128,7 @@ def bind(node: str) -> NodeMetrics:
             nacks_served=NACKS_SERVED.labels(node),
             nacks_forwarded=NACKS_FORWARDED.labels(node),
             plis_sent=PLIS_SENT.labels(node),
+            keyframe_replays=KEYFRAME_REPLAYS.labels(node),
             video_pauses=VIDEO_PAUSES.labels(node),
             forward_rejected=FORWARD_REJECTED.labels(node),
             loss=SUBSCRIBER_LOSS.labels(node),
@@ -145,6 +152,7 @@ _DATA_PLANE = (
     NACKS_SERVED,
     NACKS_FORWARDED,
     PLIS_SENT,
+    KEYFRAME_REPLAYS,
     VIDEO_PAUSES,
     FORWARD_REJECTED,
     SUBSCRIBER_LOSS,

@@ -296,6 +296,10 @@ class PacketCache:
         self._mask = size - 1
         self._slots: list[RtpPacketLike | None] = [None] * size
 
+    @property
+    def size(self) -> int:
+        return self._mask + 1
+
     def put(self, packet: RtpPacketLike) -> None:
         self._slots[packet.sequence_number & self._mask] = packet
 

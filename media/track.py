@@ -4,7 +4,9 @@
 pending (no packet yet) → live → closed. It caches recent packets for NACKs, measures its
 bitrate, reads audio levels, detects keyframes and fans each packet out to its outputs. Keyframe
 requests to the publisher are throttled to one per ``pli_interval``; a request inside the window
-is coalesced and sent when the window opens.
+is coalesced and sent when the window opens. The packets since the latest keyframe stay in the cache,
+so a subscriber whose connection comes up just after that keyframe passed starts on it at once (a
+"keyframe replay", at most ``replay_age`` old) instead of waiting for the next one.
 
 ``OutputSlot`` (mediasoup's Consumer): one sender on a subscriber connection. A slot shows one
 published track at a time and can be reassigned to another one; its ``SequenceRewriter`` keeps the
@@ -87,6 +89,12 @@ class PublishedTrack:
         self.keyframes = 0
         self.plis_sent = 0
         self.nacks_upstream = 0
+        #: the oldest keyframe a new output may start from (seconds): older ones would put a burst of
+        #: stale frames in front of the live ones
+        self.replay_age = 0.5
+        self._keyframe_seq: int | None = None  # first packet of the latest keyframe
+        self._keyframe_ts = -1
+        self._keyframe_at = -1e9
         self._metrics = metrics
         self._kind_metrics = metrics.kind(kind)
         self._on_audio_level = on_audio_level
@@ -133,7 +141,11 @@ class PublishedTrack:
             codec = self.codecs.get(packet.payload_type)
             if codec is not None and rtp.is_keyframe(codec.name, packet.payload):
                 keyframe = True
-                self.keyframes += 1
+                if packet.timestamp != self._keyframe_ts:  # H.264 marks several packets of one keyframe
+                    self.keyframes += 1
+                    self._keyframe_ts = packet.timestamp
+                    self._keyframe_seq = packet.sequence_number
+                    self._keyframe_at = now
         if self.muted or not self._outputs:
             return
         send_time = rtp.abs_send_time(time.time())
@@ -151,6 +163,22 @@ class PublishedTrack:
     def _on_sender_report(self, report: SenderReport) -> None:
         self.last_sr = report
         self.last_sr_time = time.time()
+
+    def since_keyframe(self, upto: int, now: float) -> list[RtpPacketLike] | None:
+        """The cached packets from the latest keyframe through ``upto``, or None if that keyframe is older than
+        ``replay_age`` or no longer whole in the cache (packets lost upstream are left out: NACKs recover them)."""
+        first = self._keyframe_seq
+        if first is None or now - self._keyframe_at > self.replay_age:
+            return None
+        count = ((upto - first) & 0xFFFF) + 1
+        if count > self.cache.size // 2:  # also what a reordered ``upto`` before the keyframe looks like
+            return None
+        packets = [p for i in range(count) if (p := self.cache.get((first + i) & 0xFFFF)) is not None]
+        return packets if packets and packets[0].sequence_number == first else None
+
+    def keyframe_on_its_way(self, now: float) -> bool:
+        """A keyframe request went out recently and no keyframe has come since."""
+        return self._last_pli > self._keyframe_at and now - self._last_pli < 0.5
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe (PLI), at most once per ``pli_interval``."""
@@ -248,6 +276,7 @@ class OutputSlot:
         self.nacks_served = 0
         self.retransmitted = 0
         self.dropped_by_hook = 0
+        self.replayed = 0
         self.loss = 0.0
         self.rtt: float | None = None
         #: Test hook: called with each first-transmission output sequence number; True drops it.
@@ -280,10 +309,9 @@ class OutputSlot:
         self._refresh_pt_map()
         track.add_output(self)
         self.restart()
-        if self._writer is not None:
-            track.request_keyframe()
-        # else: the subscriber's connection is not up yet; a keyframe now would arrive before it can be sent and
-        # use up the PLI window, so ``forward`` asks for one when the first packet can go out
+        # Also when the subscriber's connection is not up yet: the keyframe stays in the track's cache and
+        # ``forward`` starts from it when the first packet can go out (if it is still fresh).
+        track.request_keyframe()
 
     def restart(self) -> None:
         """Continue the output from a fresh point of the source (keyframe for video)."""
@@ -324,16 +352,32 @@ class OutputSlot:
                 self.track.request_keyframe()
 
     async def forward(self, packet: RtpPacketLike, keyframe: bool, now: float, send_time: int) -> int:
-        """Send one packet of the assigned track; returns the bytes sent (0 if not sent)."""
+        """Send one packet of the assigned track; returns the bytes sent (0 if not sent, or if it was sent in a
+        keyframe replay, whose packets are counted here)."""
         if self._writer is None:
             if not self.tap.started.is_set():
                 return 0
             self.refresh()
             if self._writer is None:
                 return 0
-            if self.waiting_keyframe and self.track is not None:
+            if self.waiting_keyframe and self.track is not None and not self.paused:
                 self._wait_since = now
-                self.track.request_keyframe()  # the connection just came up: start it on a fresh keyframe
+                replay = self.track.since_keyframe(packet.sequence_number, now)
+                if replay is not None:  # the connection just came up: start on the keyframe that just passed
+                    self.waiting_keyframe = False
+                    self._rewriter.switch()
+                    self.replayed += len(replay)
+                    self._metrics.keyframe_replays.inc()
+                    packets = octets = 0
+                    for cached in replay:
+                        size = await self._send(cached, now, send_time)
+                        packets += size > 0
+                        octets += size
+                    self._kind_metrics.forwarded_packets.inc(packets)  # counted here: the caller counts one
+                    self._kind_metrics.forwarded_bytes.inc(octets)
+                    return 0
+                if not self.track.keyframe_on_its_way(now):
+                    self.track.request_keyframe()
         if self.paused:
             return 0
         if self.waiting_keyframe:
@@ -345,8 +389,11 @@ class OutputSlot:
                 return 0
             self.waiting_keyframe = False
             self._rewriter.switch()
+        return await self._send(packet, now, send_time)
+
+    async def _send(self, packet: RtpPacketLike, now: float, send_time: int) -> int:
         pts = self._pt_map.get(packet.payload_type)
-        if pts is None:
+        if pts is None or self._writer is None:
             return 0
         seq, ts = self._rewriter.rewrite(packet.sequence_number, packet.timestamp, now)
         data = self._writer.build(packet, pts[0], seq, ts, send_time=send_time)

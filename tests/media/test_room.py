@@ -140,6 +140,35 @@ async def test_keyframe_requested_on_subscribe_and_throttled(
     player.video.stop()
 
 
+@pytest.mark.parametrize("replay_age", [2.5, 0.0])
+async def test_a_new_subscriber_starts_on_the_cached_keyframe_if_it_is_fresh_enough(
+    make_harness: Callable[..., Harness], vp8_file: Path, replay_age: float
+) -> None:
+    """The file has a keyframe every 2 s and its player cannot make one on request: with a replay age that covers
+    the whole GOP the subscriber starts on the latest cached keyframe; with none it waits for the next one."""
+    h = make_harness()
+    alice = await h.join(info("alice"))
+    player = MediaPlayer(str(vp8_file), decode=False, loop=True)
+    await alice.publish([("camera", player.video)])
+    (track,) = h.room.participant("alice").published_tracks()
+    track.replay_age = replay_age
+    await wait_for(lambda: track.keyframes >= 1, within=5)
+    keyframes_before = track.keyframes
+    bob = await h.join(info("bob"))
+    await wait_for(lambda: video_packets(bob, "alice") > 10, within=5)
+    (rec,) = bob.by_publisher("alice", "video")
+    assert rec.first_payload is not None and is_vp8_keyframe(rec.first_payload)
+    subscriber = h.room.participant("bob").subscriber
+    assert subscriber is not None
+    (slot,) = [s for s in subscriber.slots if s.track is track]
+    if replay_age:
+        assert slot.replayed >= 1
+        assert len(rec.seqs) == max(rec.seqs) - min(rec.seqs) + 1  # the replay and the live packets join up
+    else:
+        assert slot.replayed == 0 and track.keyframes > keyframes_before
+    player.video.stop()
+
+
 async def test_nack_served_from_cache_under_injected_loss(make_harness: Callable[..., Harness], vp8_file: Path) -> None:
     h = make_harness()
     alice = await h.join(info("alice"))

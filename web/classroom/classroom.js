@@ -191,6 +191,9 @@ class Classroom {
     }
     const claims = decodeTokenClaims(this.token);
     $("room-title").textContent = `Classroom ${claims.room || this.roomId}`;
+    // The first RTCPeerConnection of a page costs tens of milliseconds to set up; make it while the socket
+    // connects rather than when the node's first offer is waiting (setConfiguration adds the ICE servers).
+    this.warmSubscriber = new RTCPeerConnection();
     await this.connect();
   }
 
@@ -218,6 +221,7 @@ class Classroom {
       });
       try {
         await socket.open();
+        this.log("socket open");
         this.socket = socket;
         let welcome = null;
         if (this.resumeToken) {
@@ -284,6 +288,7 @@ class Classroom {
   }
 
   async onWelcome(welcome) {
+    this.log("welcome");
     const fresh = !welcome.resumed;
     this.participantId = welcome.participant_id;
     this.resumeToken = welcome.resume_token;
@@ -488,7 +493,9 @@ class Classroom {
   createSubscriber() {
     // The node offers here; its offer may not bundle audio and video, and a max-bundle answerer would
     // then only connect the first transport. The default policy follows whatever the offer does.
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = this.warmSubscriber || new RTCPeerConnection();
+    this.warmSubscriber = null;
+    pc.setConfiguration({ iceServers: this.iceServers });
     pc.ontrack = () => this.renderAll();
     pc.onconnectionstatechange = () => this.log(`subscriber ${pc.connectionState}`);
     return pc;
@@ -500,6 +507,7 @@ class Classroom {
     const pc = target.subscriber;
     const trackMap = target.trackMap;
     if (!pc || !this.socket) return;
+    this.log("subscriber offer");
     for (const [mid, info] of Object.entries(msg.tracks || {})) trackMap.set(mid, info);
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
@@ -507,6 +515,7 @@ class Classroom {
     // forget mids the node no longer sends
     const live = new Set(Object.keys(msg.tracks || {}));
     for (const mid of [...trackMap.keys()]) if (!live.has(mid)) trackMap.delete(mid);
+    this.log("subscriber answer");
     await this.socket.request({ type: "subscriber_answer", sdp: pc.localDescription.sdp });
     this.renderAll();
   }
@@ -524,6 +533,7 @@ class Classroom {
         this.systemMessage(`Camera/microphone unavailable: ${err.message}`);
         return;
       }
+      this.log("camera open");
     }
     const pc = new RTCPeerConnection(this.rtcConfig());
     pc.onconnectionstatechange = () => this.log(`publisher ${pc.connectionState}`);
@@ -835,7 +845,7 @@ class Classroom {
   }
 
   log(text) {
-    this.events.push({ at: Date.now(), text });
+    this.events.push({ at: Date.now(), ms: Math.round(performance.now()), text });
     if (this.events.length > 200) this.events.shift();
   }
 
