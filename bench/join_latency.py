@@ -129,8 +129,10 @@ async def main(joins: int) -> dict[str, Any]:
             "all": [round(v) for v in remote],
         },
         "timeline_p50_ms": dict(
-            sorted(((text, statistics.median(ms)) for text, ms in steps.items() if len(ms) >= joins / 2),
-                   key=lambda item: item[1])
+            sorted(
+                ((text, statistics.median(ms)) for text, ms in steps.items() if len(ms) >= joins / 2),
+                key=lambda item: item[1],
+            )
         ),
         "baseline_first_local_frame_ms": {"p50": statistics.median(local) if local else None},
         "ratio_remote_to_local_p50": round(statistics.median(remote) / statistics.median(local), 2) if local else None,

@@ -10,13 +10,13 @@ window while it records one room with ``--publishers`` participants, each sendin
 * a real redis-server (the bus between processes),
 * a node process: a ``media.node.MediaNode`` plus the publishers (aiortc peers fed by
   ``MediaPlayer(decode=False)``, so nobody encodes on the live path),
-* the recorder process, run twice on the same room: ``record`` (``recorder.Recorder``: tap,
-  depacketize, clock mapping, segment writing with fsync) and the baseline ``receive`` (the same
-  join and peer connection, RTP tapped and counted but not depacketized or written: the cost of
-  receiving the streams at all).
+* the recorder process, run three times on the same room: ``record`` (``recorder.Recorder`` as deployed: plain
+  RTP from the node, depacketize, clock mapping, segment writing with fsync), the baseline ``record-webrtc`` (the
+  same recorder over a WebRTC peer connection, as before plain RTP existed) and ``receive-webrtc`` (that peer
+  connection with packets only counted: the cost of receiving WebRTC at all).
 
 Result: ``cores_per_room_copy`` (record CPU seconds / window seconds) against the target of
-0.02, and ``ratio_vs_receive_only``.
+0.02, and ``ratio_plain_vs_webrtc``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ if str(ROOT) not in sys.path:
 NODE = "bench-node"
 ROOM = "bench-room"
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+#: record: the product's recorder (plain RTP from the node); record-webrtc: the same over a peer connection (the
+#: baseline in the same run); receive-webrtc: that peer connection with nothing depacketized or written
+MODES = ("record", "record-webrtc", "receive-webrtc")
 
 
 def free_port() -> int:
@@ -186,8 +191,9 @@ async def run_recorder(redis_url: str, mode: str, directory: Path, warmup: float
         def _on_packet(self, state: Any, packet: Any, now: float) -> None:
             ReceiveOnly.received += len(packet.payload)
 
-    cls = Recorder if mode == "record" else ReceiveOnly
-    recorder = cls(RecorderConfig(NODE, ROOM, f"rec-{mode}", mode, directory), bus)
+    cls = ReceiveOnly if mode.startswith("receive") else Recorder
+    transport = "webrtc" if mode.endswith("webrtc") else "plain"
+    recorder = cls(RecorderConfig(NODE, ROOM, f"rec-{mode}", mode, directory, transport=transport), bus)
     await recorder.start()
     await asyncio.sleep(warmup)
     t0, c0 = time.monotonic(), cpu_seconds(os.getpid())
@@ -260,7 +266,7 @@ def main() -> None:
     parser.add_argument("--role", choices=["driver", "node", "recorder"], default="driver")
     parser.add_argument("--redis")
     parser.add_argument("--media", type=Path)
-    parser.add_argument("--mode", choices=["record", "receive"], default="record")
+    parser.add_argument("--mode", choices=MODES, default="record")
     parser.add_argument("--directory", type=Path)
     parser.add_argument("--publishers", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=4.0)
@@ -298,7 +304,7 @@ def main() -> None:
         if node.stdout.readline().strip() != "ready":
             sys.exit("node process failed to start")
         results: dict[str, Any] = {}
-        for mode in ("receive", "record"):
+        for mode in MODES:
             out = subprocess.run(
                 [
                     *me,
@@ -320,7 +326,7 @@ def main() -> None:
                 check=True,
             )
             results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-        record, receive = results["record"], results["receive"]
+        record, webrtc, receive = results["record"], results["record-webrtc"], results["receive-webrtc"]
         pipeline = pipeline_cores(media, args.publishers, work / "pipeline")
         print(
             json.dumps(
@@ -332,13 +338,14 @@ def main() -> None:
                     "cores_per_room_copy": record["cores"],
                     "target_cores": 0.02,
                     "meets_target": record["cores"] < 0.02,
-                    "receive_only_cores": receive["cores"],
-                    "ratio_vs_receive_only": round(record["cores"] / receive["cores"], 3) if receive["cores"] else None,
-                    "recording_overhead_cores": round(record["cores"] - receive["cores"], 4),
+                    "webrtc_record_cores": webrtc["cores"],
+                    "ratio_plain_vs_webrtc": round(record["cores"] / webrtc["cores"], 3) if webrtc["cores"] else None,
+                    "webrtc_receive_only_cores": receive["cores"],
                     "pipeline_only_cores": pipeline["cores"],
                     "pipeline_us_per_packet": pipeline["us_per_packet"],
                     "record": record,
-                    "receive": receive,
+                    "record_webrtc": webrtc,
+                    "receive_webrtc": receive,
                     "cpu_count": os.cpu_count(),
                 },
                 indent=1,

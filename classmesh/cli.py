@@ -147,6 +147,22 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="address to announce in ICE candidates (repeatable)",
     )
+    add_option(
+        rec,
+        "--transport",
+        env="CLASSMESH_RECORDER_TRANSPORT",
+        choices=("plain", "webrtc"),
+        default="plain",
+        help="how media reaches the recorder: plain RTP on the private network (cheap) or a WebRTC connection",
+    )
+    add_option(
+        rec,
+        "--rtp-address",
+        env="CLASSMESH_RTP_ADDRESS",
+        default="",
+        help="this host's address on the media nodes' network, for plain RTP (default: the first --ice-address, "
+        "else the address this host's name resolves to)",
+    )
 
     link = sub.add_parser(
         "join-link", help="mint a join token and print the classroom URL", description=_doc("join-link")

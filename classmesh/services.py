@@ -120,6 +120,8 @@ def build_recorder(
     region: str = "any",
     public_url: str = "",
     ice_addresses: tuple[str, ...] = (),
+    transport: str = "plain",
+    rtp_address: str = "",
 ) -> ServiceHost:
     from recorder.worker import RecorderConfig, RecorderWorker
 
@@ -130,8 +132,18 @@ def build_recorder(
         region=region,
         version=version,
         ice_addresses=ice_addresses,
+        transport=transport,
+        rtp_address=rtp_address or (ice_addresses[0] if ice_addresses else _own_address()),
     )
     return ServiceHost(RecorderWorker(config, bus), host, port)
+
+
+def _own_address() -> str:
+    """This host's address as its name resolves (a container's address on its network), else loopback."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
 
 
 def build_orchestrator(
@@ -279,6 +291,8 @@ async def run_recorder(args: argparse.Namespace, common: CommonConfig) -> int:
         region=args.region,
         public_url=args.public_url,
         ice_addresses=tuple(args.ice_address),
+        transport=args.transport,
+        rtp_address=args.rtp_address,
     )
     return await _run_one(host, bus, common)
 

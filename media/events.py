@@ -23,6 +23,8 @@ class ParticipantInfo:
     can_publish: frozenset[str]  # subset of {"audio", "video", "screen"}
     can_subscribe: bool = True
     hidden: bool = False
+    #: where a trusted subscriber (a recorder) takes plain RTP instead of a peer connection (see media.plain)
+    plain: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,15 @@ class SubscriberOffer:
 
 
 @dataclass(frozen=True, slots=True)
+class PlainTracks:
+    """What a plain-RTP subscriber receives now: output label -> publisher, source, kind, track, SSRC, codecs."""
+
+    room_id: str
+    participant_id: str
+    tracks: dict[str, dict[str, object]]
+
+
+@dataclass(frozen=True, slots=True)
 class SpeakingChanged:
     room_id: str
     participant_id: str
@@ -90,6 +101,7 @@ RoomEvent = (
     | TrackPublished
     | TrackUnpublished
     | SubscriberOffer
+    | PlainTracks
     | SpeakingChanged
     | ConnectionQuality
 )

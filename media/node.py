@@ -23,6 +23,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import time
@@ -264,6 +265,9 @@ class MediaNode(Service):
                 seat.pending_offer = offer
             self._to_participant(pid, offer)
             return
+        if isinstance(event, ev.PlainTracks):
+            self._to_participant(pid, {"type": "plain_tracks", "tracks": event.tracks})
+            return
         if seat is None:
             return
         if isinstance(event, ev.ParticipantLeft):
@@ -435,6 +439,7 @@ class MediaNode(Service):
         perms = frozenset(Permission(p).value for p in perms_raw)
         if pid in self._seats:
             raise NodeError(f"participant {pid!r} already joined", code="duplicate_participant")
+        plain = self._plain_address(payload.get("transport"), role)
         room = self._get_or_create_room(room_id, create=True)
         can_publish = frozenset(
             kind
@@ -453,6 +458,7 @@ class MediaNode(Service):
             can_publish=can_publish,
             can_subscribe="subscribe" in perms,
             hidden=role is Role.RECORDER,
+            plain=plain,
         )
         seat = _Seat(room_id, identity, name, role.value, perms, hidden=info.hidden)
         recover = payload.get("recover")
@@ -483,6 +489,26 @@ class MediaNode(Service):
             "ice_servers": self._ice_servers(identity),
             "node_id": self.config.node_id,
         }
+
+    @staticmethod
+    def _plain_address(transport: object, role: Role) -> tuple[str, int] | None:
+        """``{"type": "plain", "host": H, "port": P}`` -> (H, P) for a recorder; None for a peer connection."""
+        if transport is None:
+            return None
+        if not isinstance(transport, dict) or transport.get("type") not in ("plain", "webrtc"):
+            raise NodeError('transport must be {"type": "plain", "host": ..., "port": ...}', code="bad_request")
+        if transport["type"] == "webrtc":
+            return None
+        if role is not Role.RECORDER:
+            raise NodeError("only recorders may take plain RTP", code="permission_denied")
+        host, port = transport.get("host"), transport.get("port")
+        try:
+            ip = ipaddress.ip_address(host if isinstance(host, str) else "")
+        except ValueError:
+            raise NodeError("transport.host must be an IP address", code="bad_request") from None
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535 or ip.is_unspecified:
+            raise NodeError("transport needs a host address and a port in 1..65535", code="bad_request")
+        return str(ip), port
 
     async def _op_publish(self, payload: Payload) -> Payload:
         pid, _seat, room = self._seat(payload)

@@ -51,6 +51,8 @@ class Participant:
                 pause_after=room.settings.remb_pause_after,
                 resume_after=room.settings.remb_resume_after,
                 on_failed=self._failed,
+                plain_remote=info.plain,
+                on_plain_tracks=self._plain_tracks,
             )
 
     @property
@@ -117,6 +119,9 @@ class Participant:
 
     def _offer(self, sdp: str) -> None:
         self._room._subscriber_offer(self, sdp)
+
+    def _plain_tracks(self, tracks: dict[str, dict[str, object]]) -> None:
+        self._room._plain_tracks(self, tracks)
 
     def _quality(self, quality: Quality, loss: float, rtt_ms: float | None) -> None:
         self._room._quality(self, quality, loss, rtt_ms)

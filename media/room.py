@@ -97,6 +97,14 @@ class Room:
         if not info.hidden:
             self._emit(ev.ParticipantJoined(self.room_id, info.participant_id, info))
         if participant.subscriber is not None:
+            if participant.subscriber.plain:
+                try:
+                    await participant.subscriber.open_plain()
+                except BaseException:
+                    self._participants.pop(info.participant_id, None)
+                    self.metrics.participants.dec()
+                    await participant.close()
+                    raise
             added = False
             for other in self._participants.values():
                 if other is participant or other.info.hidden:
@@ -181,6 +189,9 @@ class Room:
 
     def _subscriber_offer(self, participant: Participant, sdp: str) -> None:
         self._emit(ev.SubscriberOffer(self.room_id, participant.participant_id, sdp))
+
+    def _plain_tracks(self, participant: Participant, tracks: dict[str, dict[str, object]]) -> None:
+        self._emit(ev.PlainTracks(self.room_id, participant.participant_id, tracks))
 
     def _speaking(self, participant: Participant, speaking: bool, talk_time_ms: int) -> None:
         if not participant.info.hidden:

@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 RTCP_SR = 200
 RTCP_RR = 201
@@ -156,6 +156,41 @@ def parse_one_byte_extensions(data: bytes) -> list[tuple[int, bytes]]:
         out.append((ext_id, data[i + 1 : i + 1 + length]))
         i += 1 + length
     return out
+
+
+class RtpHeader(NamedTuple):
+    """What a plain-RTP receiver needs of a packet (header extensions and CSRCs skipped, padding removed).
+    A tuple: built once per packet, it must be cheap."""
+
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    marker: bool
+    payload: bytes
+
+
+def is_rtcp(data: bytes) -> bool:
+    """RTP and RTCP on one port (RFC 5761): RTCP packet types 192-223 never clash with dynamic RTP types."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+def parse_rtp(data: bytes) -> RtpHeader:
+    """Parse an RTP packet; ValueError if it is not one."""
+    if len(data) < 12 or data[0] >> 6 != 2:
+        raise ValueError("not an RTP packet")
+    first, second, seq, ts, ssrc = _RTP_HEADER.unpack_from(data)
+    start = 12 + 4 * (first & 0x0F)
+    if first & 0x10:
+        if len(data) < start + 4:
+            raise ValueError("truncated RTP header extension")
+        start += 4 + 4 * _SEQ.unpack_from(data, start + 2)[0]
+    end = len(data)
+    if first & 0x20:
+        end -= data[-1]
+    if start > end:
+        raise ValueError("truncated RTP packet")
+    return RtpHeader(second & 0x7F, seq, ts, ssrc, bool(second & 0x80), data[start:end])
 
 
 class RtpWriter:

@@ -15,6 +15,10 @@ The offer labels every m-section with its publisher, in the standard msid attrib
 where ``source`` is ``camera``, ``microphone`` or ``screen``. Inactive m-sections keep the label of
 the track they showed last and must be ignored by the client.
 
+A trusted subscriber (a recorder) may instead take plain RTP (``plain_remote``; see ``media.plain``): no peer
+connection, every output a UDP stream with its own SSRC, described to it through ``on_plain_tracks`` instead of
+an offer, nothing to answer.
+
 Bandwidth: REMB estimates from the client are compared with each forwarded video track's
 measured bitrate; when the subscriber is congested (below it and losing over 5 % of packets, or below a
 quarter of it) for ``pause_after`` seconds, video to this participant pauses (audio keeps flowing); at or
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -36,6 +41,7 @@ from .errors import NegotiationError
 from .events import Quality
 from .forwarding import rtc_configuration
 from .metrics import NodeMetrics
+from .plain import PlainTransport
 from .track import NodeLimits, OutputSlot, PublishedTrack
 
 logger = logging.getLogger(__name__)
@@ -54,8 +60,14 @@ class Subscriber:
         pause_after: float = 2.0,
         resume_after: float = 1.0,
         on_failed: Callable[[str], None] | None = None,
+        plain_remote: tuple[str, int] | None = None,
+        on_plain_tracks: Callable[[dict[str, dict[str, object]]], None] | None = None,
     ) -> None:
         self.participant_id = participant_id
+        self._plain = PlainTransport(plain_remote) if plain_remote is not None else None
+        self._on_plain_tracks = on_plain_tracks
+        self._plain_reports: asyncio.Task[None] | None = None
+        self._plain_outputs = 0  # outputs made so far: their labels (p0, p1, ...) are never reused
         self._metrics = metrics
         self._on_offer = on_offer
         self._on_quality = on_quality
@@ -98,6 +110,46 @@ class Subscriber:
     def forwarded(self) -> int:
         return len(self._by_track)
 
+    @property
+    def plain(self) -> bool:
+        return self._plain is not None
+
+    async def open_plain(self) -> None:
+        """Bind the plain output's socket (loopback for a loopback recorder) and start its sender reports."""
+        assert self._plain is not None
+        loopback = self._plain.remote[0].startswith("127.") or self._plain.remote[0] == "::1"
+        local = await self._plain.open(self._plain.remote[0] if loopback else "0.0.0.0")
+        self._plain_reports = asyncio.create_task(self._send_plain_reports(), name=f"plain-sr:{self.participant_id}")
+        logger.info("participant=%s plain RTP output %s -> %s", self.participant_id, local, self._plain.remote)
+
+    async def _send_plain_reports(self) -> None:
+        assert self._plain is not None
+        while True:
+            await asyncio.sleep(0.5 + random.random())
+            for slot in self._slots:
+                data = slot.sender_reports()
+                if data:
+                    self._plain.send(data)
+
+    def _plain_tracks(self) -> dict[str, dict[str, object]]:
+        tracks: dict[str, dict[str, object]] = {}
+        for slot in self._slots:
+            track = slot.track
+            if track is None or slot.tap.mid is None:
+                continue
+            tracks[slot.tap.mid] = {
+                "participant_id": track.participant_id,
+                "source": track.source,
+                "kind": track.kind,
+                "track_id": track.track_id,
+                "ssrc": slot.tap.ssrc,
+                "codecs": [
+                    {"payload_type": c.payload_type, "name": c.name, "clock_rate": c.clock_rate}
+                    for c in slot.tap.codecs
+                ],
+            }
+        return tracks
+
     def _connection(self) -> RTCPeerConnection:
         if self._pc is None:
             self._pc = RTCPeerConnection(self._config or rtc_configuration())
@@ -122,12 +174,27 @@ class Subscriber:
                 track.track_id,
             )
             return False
-        slot = next((s for s in self._slots if s.track is None and s.kind == track.kind), None)
-        if slot is None:
-            transceiver = self._connection().addTransceiver(track.kind, direction="sendonly")
-            slot = OutputSlot(transceiver, track.kind, self._metrics, self._handle_remb, self._handle_report)
+        slot: OutputSlot | None
+        if self._plain is not None:  # a new SSRC per track: the recorder keys its tracks by SSRC
+            slot = OutputSlot(
+                None,
+                track.kind,
+                self._metrics,
+                self._handle_remb,
+                self._handle_report,
+                plain=self._plain,
+                index=self._plain_outputs,
+            )
+            self._plain_outputs += 1
             self._slots.append(slot)
-        slot.transceiver.direction = "sendonly"
+        else:
+            slot = next((s for s in self._slots if s.track is None and s.kind == track.kind), None)
+            if slot is None:
+                transceiver = self._connection().addTransceiver(track.kind, direction="sendonly")
+                slot = OutputSlot(transceiver, track.kind, self._metrics, self._handle_remb, self._handle_report)
+                self._slots.append(slot)
+        if slot.transceiver is not None:
+            slot.transceiver.direction = "sendonly"
         slot.tap.set_msid(track.participant_id, f"{track.source}:{track.track_id}")
         slot.assign(track)
         if self.video_paused and track.kind == "video":
@@ -141,7 +208,10 @@ class Subscriber:
         if slot is None:
             return False
         slot.assign(None)
-        slot.transceiver.direction = "inactive"
+        if slot.transceiver is not None:
+            slot.transceiver.direction = "inactive"
+        elif self._plain is not None:
+            self._slots.remove(slot)
         if self._limits is not None:
             self._limits.release()
         self._metrics.kind(track.kind).forwarded_tracks.dec()
@@ -150,7 +220,13 @@ class Subscriber:
     async def negotiate(self) -> None:
         """Send a new offer if anything changed and no negotiation is in flight."""
         async with self._lock:
-            if self._closed or not self._slots:
+            if self._closed:
+                return
+            if self._plain is not None:
+                if self._on_plain_tracks is not None:
+                    self._on_plain_tracks(self._plain_tracks())
+                return
+            if not self._slots:
                 return
             if self._offering:
                 self._dirty = True
@@ -169,7 +245,7 @@ class Subscriber:
             if self._closed:
                 return
             if not self._offering or self._pc is None:
-                raise NegotiationError("no subscriber offer is waiting for an answer")
+                raise NegotiationError("no subscriber offer is waiting for an answer")  # always so for plain
             try:
                 await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             except Exception as exc:  # aiortc raises several types for bad SDP
@@ -281,5 +357,9 @@ class Subscriber:
                 self._metrics.kind(slot.kind).forwarded_tracks.dec()
             slot.close()
         self._by_track.clear()
+        if self._plain_reports is not None:
+            self._plain_reports.cancel()
+        if self._plain is not None:
+            self._plain.close()
         if self._pc is not None:
             await asyncio.shield(self._pc.close())  # a cancelled caller must not cancel aiortc's close future

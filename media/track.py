@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import rtp
 from .forwarding import CodecInfo, ReceiverTap, SenderTap
 from .metrics import NodeMetrics
+from .plain import PlainTap, PlainTransport
 from .rtp import RtpPacketLike, SenderReport
 
 if TYPE_CHECKING:
@@ -258,15 +259,24 @@ class OutputSlot:
 
     def __init__(
         self,
-        transceiver: RTCRtpTransceiver,
+        transceiver: RTCRtpTransceiver | None,
         kind: str,
         metrics: NodeMetrics,
         on_remb: Callable[[int], None],
         on_report: Callable[[float, float | None], None],
+        *,
+        plain: PlainTransport | None = None,
+        index: int = 0,
     ) -> None:
+        """A sender on ``transceiver`` (a subscriber peer connection), or, with ``plain``, a plain RTP output."""
         self.kind = kind
         self.transceiver = transceiver
-        self.tap = SenderTap(transceiver, self._on_rtcp, self._sender_reports)
+        self.tap: SenderTap | PlainTap
+        if plain is not None:
+            self.tap = plain.tap(kind, index, self._on_rtcp)
+        else:
+            assert transceiver is not None
+            self.tap = SenderTap(transceiver, self._on_rtcp, self.sender_reports)
         self.track: PublishedTrack | None = None
         self.paused = False
         self.waiting_keyframe = False
@@ -474,7 +484,7 @@ class OutputSlot:
             self._metrics.rtt.observe(self.rtt)
         self._on_report(self.loss, self.rtt)
 
-    def _sender_reports(self) -> bytes | None:
+    def sender_reports(self) -> bytes | None:
         """SR (+SDES) for this output: NTP now, with the RTP time mapped from the publisher's SRs."""
         track = self.track
         rw = self._rewriter

@@ -65,6 +65,8 @@ class RecorderConfig:
     follow_delay_s: float = 1.5  # a moved room: let the browsers reconnect first (the old node keeps it 4 s)
     segment_seconds: float = 10.0
     ice_addresses: tuple[str, ...] = ()  # announced in ICE (empty: aioice's interface scan, never loopback)
+    transport: str = "plain"  # how media reaches the copies: plain RTP, or "webrtc" (see recorder.recorder)
+    rtp_address: str = "127.0.0.1"  # where nodes send plain RTP: this host's address on their network
 
 
 @dataclass
@@ -215,6 +217,8 @@ class RecorderWorker(Service):
             copy_id=f"{job.copy_id}p{index}",
             directory=self.config.storage / job.session_id / job.copy_id / f"p{index}",
             segment_seconds=self.config.segment_seconds,
+            transport=self.config.transport,
+            plain_host=self.config.rtp_address,
         )
         recorder = Recorder(copy, self._bus)
         await recorder.start()

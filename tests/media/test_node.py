@@ -71,6 +71,17 @@ async def test_presence_and_talk_events_reach_the_event_stream(stack: Any) -> No
         await client.close()
 
 
+_RECORDER_JOIN = {
+    "op": "join",
+    "room_id": "r",
+    "participant_id": "rec",
+    "identity": "recorder:a",
+    "name": "recorder",
+    "role": "recorder",
+    "permissions": ["subscribe"],
+}
+
+
 @pytest.mark.parametrize(
     ("payload", "code"),
     [
@@ -93,6 +104,18 @@ async def test_presence_and_talk_events_reach_the_event_stream(stack: Any) -> No
             },
             "bad_request",
         ),
+        *[
+            ({**_RECORDER_JOIN, "transport": transport, **extra}, code)
+            for transport, extra, code in [
+                ({"type": "plain", "host": "127.0.0.1", "port": 5000}, {"role": "student"}, "permission_denied"),
+                ({"type": "plain", "host": "example.org", "port": 5000}, {}, "bad_request"),
+                ({"type": "plain", "host": "0.0.0.0", "port": 5000}, {}, "bad_request"),
+                ({"type": "plain", "host": "127.0.0.1", "port": 70000}, {}, "bad_request"),
+                ({"type": "plain", "host": "127.0.0.1", "port": True}, {}, "bad_request"),
+                ({"type": "srt"}, {}, "bad_request"),
+                ("plain", {}, "bad_request"),
+            ]
+        ],
         ({"op": "publish", "participant_id": "nobody", "sdp": "v=0"}, "unknown_participant"),
         ({"op": "create_room", "room_id": "r", "max_participants": -1}, "bad_request"),
         ({"op": "state", "participant_id": 5}, "bad_request"),
