@@ -127,7 +127,11 @@ class Subscriber:
         while True:
             await asyncio.sleep(0.5 + random.random())
             for slot in self._slots:
-                data = slot.sender_reports()
+                try:
+                    data = slot.sender_reports()
+                except Exception:  # keep reporting for the other outputs
+                    logger.exception("participant=%s plain sender report failed", self.participant_id)
+                    continue
                 if data:
                     self._plain.send(data)
 

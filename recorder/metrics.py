@@ -11,6 +11,9 @@ GAPS = Counter("classmesh_recorder_gaps_total", "Gaps noted in recorded tracks",
 LEASES_LOST = Counter(
     "classmesh_recorder_leases_lost_total", "Jobs this worker stopped because their lease lapsed or was revoked"
 )
+NACKED_PACKETS = Counter(
+    "classmesh_recorder_nacked_packets_total", "Packets missing from plain RTP and asked again from the node"
+)
 STORAGE_ERRORS = Counter("classmesh_recorder_storage_errors_total", "Storage errors by code", ["code"])
 COVERAGE = Histogram(
     "classmesh_recorder_coverage_ratio",

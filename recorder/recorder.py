@@ -264,6 +264,7 @@ class Recorder:
                     lost = [(state.last_seq + i) & 0xFFFF for i in range(1, ahead)]
                     self._send_rtcp(build_nack(self._rtcp_ssrc, packet.ssrc, lost))
                     self.nacks_sent += len(lost)
+                    metrics.NACKED_PACKETS.inc(len(lost))
                 state.last_seq = packet.sequence_number
         self._on_packet(state, packet, now)
 
