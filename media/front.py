@@ -24,8 +24,9 @@ re-seats every participant there with its original ``join``. Each re-seated part
 browsers and the Python client build new peer connections and publish again. Requests for those rooms and
 participants wait until this is done. A room that cannot be re-created within ``recovery_timeout`` (or while
 draining) is failed explicitly: its participants get ``removed`` and its room key is released, so the next
-join asks the orchestrator to place it again. Hidden participants (recorders) are not re-seated, they get
-``removed`` (reason ``node_failed``): their copy is failing, which is their own supervisor's business.
+join asks the orchestrator to place it again. Recorders on plain RTP are re-seated too (the new worker sends to
+the same address, with new SSRCs announced in ``plain_tracks``); recorders on a peer connection get ``removed``
+(reason ``node_failed``): their copy is failing, which is their own supervisor's business.
 
 States follow the service lifecycle: SERVING -> DRAINING (SIGTERM or the ``drain`` op: the heartbeat says
 draining so the orchestrator moves the rooms; every worker gets SIGTERM and drains itself; the front waits until
@@ -441,7 +442,11 @@ class MediaFront(Service):
             self._count_rooms()
             reseated = 0
             for pid, member in members:
-                if member.hidden:
+                transport = member.join.get("transport")
+                plain = isinstance(transport, dict) and transport.get("type") == "plain"
+                if member.hidden and not plain:
+                    # a recorder's peer connection died with the worker; one on plain RTP simply gets the new
+                    # worker's outputs at the same address (with new SSRCs, told in plain_tracks)
                     await self._remove(pid, RECOVER_REASON)
                     self._members.pop(pid, None)
                     continue

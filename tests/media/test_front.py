@@ -28,6 +28,7 @@ from core.messages import NODE_HEARTBEATS, node_rpc
 from core.service import ServiceHost
 from media.config import MediaNodeConfig
 from media.front import FrontConfig, MediaFront
+from recorder.recorder import Recorder, RecorderConfig
 from tests.classmesh.test_client import eventually
 from tests.multiproc import Fleet, ServiceProcess, http_json
 
@@ -241,6 +242,8 @@ async def test_rooms_spread_over_workers_and_a_killed_worker_s_room_comes_back(
 ) -> None:
     fleet = Fleet(tmp_path, redis_server.url, {"eu-central": ["eu-wk"]})
     clients: list[ClassroomClient] = []
+    bus = RedisBus(redis_server.url)
+    recorder: Recorder | None = None
     try:
         start(fleet, ("eu-wk", 2))
         node = fleet.procs["eu-wk"]
@@ -252,6 +255,11 @@ async def test_rooms_spread_over_workers_and_a_killed_worker_s_room_comes_back(
         assert {rooms["front-a"], rooms["front-b"]} == {0, 1}, rooms  # the second room went to the idle worker
         assert [w["participants"] for w in sorted(workers.values(), key=lambda w: w["index"])] == [2, 2]
         await eventually(lambda: everyone_sees_everyone(room_a) and everyone_sees_everyone(room_b), within=30)
+        # a recorder on plain RTP in the room whose worker will die
+        config = RecorderConfig("eu-wk", "front-a", "rec-front-a", "a", tmp_path / "rec", segment_seconds=3.0)
+        recorder = Recorder(config, bus)
+        await recorder.start()
+        await eventually(lambda: recorder is not None and recorder.progress().bytes > 20_000, within=15)
 
         # both workers forward: their data-plane metrics reach the front's /metrics with a worker label
         # (the front refreshes them at every poll of its workers, each second)
@@ -271,6 +279,9 @@ async def test_rooms_spread_over_workers_and_a_killed_worker_s_room_comes_back(
         recovered_in = time.monotonic() - killed
         print(f"\nworker SIGKILLed: its room's participants see each other again after {recovered_in:.2f}s")
         assert recovered_in < 10
+        # the recorder was re-seated with the room: the new worker's plain outputs (new SSRCs) reach it
+        written = recorder.progress().bytes
+        await eventually(lambda: recorder is not None and recorder.progress().bytes > written + 50_000, within=15)
         # the other room never noticed
         assert all(c.moves == 0 for c in room_b)
         pairs = [(c, o.participant_id or "") for c in room_b for o in room_b if o is not c]
@@ -292,6 +303,9 @@ async def test_rooms_spread_over_workers_and_a_killed_worker_s_room_comes_back(
         assert metric(node.url, "classmesh_media_front_worker_failures", node="eu-wk") == {"": 1.0}
         assert metric(node.url, "classmesh_media_front_rooms_recovered", node="eu-wk") == {"": 1.0}
     finally:
+        if recorder is not None:
+            await recorder.close()
+        await bus.close()
         for c in clients:
             await c.close()
         codes = fleet.stop_all()
