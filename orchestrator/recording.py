@@ -86,6 +86,7 @@ class _Seen:
     session_id: str
     first: float  # monotonic time of the job's first report
     parts: int = 1
+    wrote_wall: float | None = None  # the worker's clock at the last report whose bytes had grown
 
 
 class RecordingCoordinator:
@@ -153,6 +154,9 @@ class RecordingCoordinator:
         seen = self._seen.get(job_id)
         parts = int(message.get("parts") or 1)
         grew_at = now if seen is None or size > seen.bytes else seen.grew_at
+        wall = float(message.get("at") or time.time())
+        grew = size > 0 and (seen is None or size > seen.bytes)
+        wrote_wall = wall if grew else (seen.wrote_wall if seen is not None else None)
         if seen is not None and parts > seen.parts:
             # the copy followed its room to another node: its new part writes nothing until its clocks have
             # sender reports and its video keyframes, as a new copy does
@@ -162,10 +166,11 @@ class RecordingCoordinator:
             size,
             grew_at,
             message.get("error"),
-            float(message.get("at") or time.time()),
+            wall,
             str(message.get("session_id")),
             now if seen is None else seen.first,
             parts,
+            wrote_wall,
         )
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -435,8 +440,10 @@ class RecordingCoordinator:
         if healthy == 0 and sid not in self._both_down:
             if time.monotonic() - self._lead_since < self.config.start_grace:
                 return  # a new leader has not heard from the workers yet
-            seen = [s.wall for s in self._seen.values() if s.session_id == sid]
-            started = max(seen) if seen else time.time()
+            # the last moment a copy was seen writing: a replacement that has reported but not written yet (or a
+            # copy that reported without growing) does not move the gap's start
+            wrote = [s.wrote_wall for s in self._seen.values() if s.session_id == sid and s.wrote_wall is not None]
+            started = max(wrote) if wrote else time.time()
             self._both_down[sid] = started
             logger.error("session=%s: no recording copy is healthy since %.3f", sid, started)
             await self._gap_exception(sid, started, None)
