@@ -59,6 +59,11 @@ class PlainTransport(asyncio.DatagramProtocol):
         self._taps.append(tap)
         return tap
 
+    def drop(self, tap: PlainTap) -> None:
+        """The output is gone: its RTCP is no longer dispatched."""
+        if tap in self._taps:
+            self._taps.remove(tap)
+
     def send(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(data, self.remote)

@@ -41,7 +41,7 @@ from .errors import NegotiationError
 from .events import Quality
 from .forwarding import rtc_configuration
 from .metrics import NodeMetrics
-from .plain import PlainTransport
+from .plain import PlainTap, PlainTransport
 from .track import NodeLimits, OutputSlot, PublishedTrack
 
 logger = logging.getLogger(__name__)
@@ -216,6 +216,8 @@ class Subscriber:
             slot.transceiver.direction = "inactive"
         elif self._plain is not None:
             self._slots.remove(slot)
+            if isinstance(slot.tap, PlainTap):
+                self._plain.drop(slot.tap)
         if self._limits is not None:
             self._limits.release()
         self._metrics.kind(track.kind).forwarded_tracks.dec()

@@ -7,7 +7,7 @@ Two ways to receive (``RecorderConfig.transport``):
 
 * ``plain`` (the default): the node sends plain RTP to this copy's UDP socket (``media.plain``), one SSRC per
   track, described by ``plain_tracks`` messages; the recorder NACKs holes in the sequence numbers and sends PLIs
-  itself. About a tenth of the CPU of a peer connection: meant for the node's private network.
+  itself. About a third of the CPU of a peer connection (docs/recording.md): meant for the node's private network.
 * ``webrtc``: a subscriber peer connection like a browser's; answers every subscriber offer and taps each
   receiver's RTP before aiortc depacketises it (``media.forwarding.ReceiverTap``).
 
@@ -235,8 +235,7 @@ class Recorder:
             state.ssrc = ssrc
             self._by_ssrc[ssrc] = state
 
-    def _on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        now = time.time()
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
         if is_rtcp(data):
             try:
                 messages = parse_rtcp(data)
@@ -278,6 +277,7 @@ class Recorder:
     def _drain(self) -> None:
         sock = self._udp
         if sock is not None:
+            now = time.time()  # one arrival time per batch: the packets waited in the socket together
             for _ in range(20000):
                 try:
                     data, addr = sock.recvfrom(2048)
@@ -287,7 +287,7 @@ class Recorder:
                     logger.debug("copy=%s plain socket: %s", self.config.copy_id, exc)
                     continue
                 try:
-                    self._on_datagram(data, (str(addr[0]), int(addr[1])))
+                    self._on_datagram(data, (str(addr[0]), int(addr[1])), now)
                 except Exception:  # one bad datagram must not stop the recording
                     logger.exception("copy=%s bad datagram from %s", self.config.copy_id, addr)
 

@@ -9,20 +9,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from media.forwarding import configure_ice
-
-
-@pytest.fixture(autouse=True, scope="session")
-def loopback_ice() -> Iterator[None]:
-    """Every peer connection in these tests gathers 127.0.0.1 only and never asks STUN."""
-    configure_ice(["127.0.0.1"])
-    yield
-    configure_ice(None)
 
 
 def _ffmpeg(out: Path, *codec_args: str) -> Path:

@@ -20,7 +20,7 @@ from aiortc.contrib.media import MediaPlayer
 from core.bus import LocalBus
 from core.messages import node_rpc
 from core.service import ServiceState
-from media.forwarding import configure_ice, rtc_configuration
+from media.forwarding import rtc_configuration
 from media.node import MediaNode, MediaNodeConfig
 from recorder.assemble import assemble
 from recorder.errors import StorageFullError
@@ -32,13 +32,6 @@ from .media import ffmpeg
 
 NODE = "node-1"
 ROOM = "room-1"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def loopback_ice() -> Iterator[None]:
-    configure_ice(["127.0.0.1"])
-    yield
-    configure_ice(None)
 
 
 @pytest.fixture(scope="module")
