@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
+import logging
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from core.bus import Bus, LocalBus, RedisBus
+
+if TYPE_CHECKING:
+    from tests.seaweed import SeaweedFS
 
 
 def free_port() -> int:
@@ -183,6 +189,16 @@ async def stack(tmp_path: Path) -> AsyncIterator[Any]:
         await built.bus.close()
 
 
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3 server (SeaweedFS) for the whole run, started by the first test that needs it."""
+    from tests.seaweed import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def loopback_ice() -> None:
     """Every aiortc peer a test creates announces 127.0.0.1 only: tests never use the machine's LAN address
@@ -192,9 +208,34 @@ def loopback_ice() -> None:
     configure_ice(["127.0.0.1"])
 
 
+@pytest.fixture
+async def bounded_task_teardown() -> AsyncIterator[None]:
+    """Cancel what a test left running, but wait at most 10 s for it.
+
+    The event loop's own shutdown waits without limit for every task it cancels. A task that swallows its
+    cancellation (aiortc has had such cases while a transport closes) would then hang the suite until
+    pytest-timeout kills it, after a test that passed. Here such a task is logged with its stack and let go."""
+    yield
+    me = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in left:
+        task.cancel()
+    if not left:
+        return
+    _, stuck = await asyncio.wait(left, timeout=10.0)
+    for task in stuck:
+        logging.getLogger("tests").error("task %r ignored its cancellation for 10 s; abandoning it", task)
+        task.print_stack()
+        asyncio.tasks._all_tasks.discard(task)  # type: ignore[attr-defined]  # so the loop's shutdown skips it
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Browser and multi-process tests share this machine's 2 cores with Chromium and several services, and
-    measure real time: they get one re-run. A failure that happens twice in a row still fails the suite."""
+    measure real time: they get one re-run. A failure that happens twice in a row still fails the suite.
+
+    Every coroutine test gets ``bounded_task_teardown``."""
     for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.fixturenames.insert(0, "bounded_task_teardown")  # type: ignore[attr-defined]
         if item.get_closest_marker("browser") or item.get_closest_marker("multiprocess"):
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=1))
