@@ -133,9 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     add_option(
         rec,
         "--storage",
+        default=str(DEFAULT_DATA_DIR / "recordings"),
+        help="where segments go: a directory shared by every recorder and the orchestrator, or"
+        " s3://bucket/prefix?endpoint=URL (credentials in CLASSMESH_S3_ACCESS_KEY_ID/_SECRET_ACCESS_KEY)",
+    )
+    add_option(
+        rec,
+        "--spool",
         type=Path,
-        default=DEFAULT_DATA_DIR / "recordings",
-        help="where segments are written (shared by every recorder and the orchestrator)",
+        default=None,
+        help="with S3 storage: the local directory segments are written to before upload (keep it across restarts)",
     )
     add_option(rec, "--region", default="any", help="region this worker prefers")
     add_option(rec, "--public-url", default="", help="URL of this worker's HTTP endpoint")
@@ -204,9 +211,9 @@ def _orchestrator_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         parser,
         "--recordings",
-        type=Path,
         default=None,
-        help="the recorders' shared directory; final recordings go there too (default <data-dir>/recordings)",
+        help="the recorders' storage, a shared directory or s3://bucket/prefix?endpoint=URL (the recorders'"
+        " --storage); final recordings go there too (default <data-dir>/recordings)",
     )
     _notification_options(parser)
 

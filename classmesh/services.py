@@ -113,7 +113,7 @@ def build_recorder(
     *,
     bus: Bus,
     worker_id: str,
-    storage: Path,
+    storage: str | Path,
     host: str,
     port: int,
     version: str,
@@ -122,12 +122,21 @@ def build_recorder(
     ice_addresses: tuple[str, ...] = (),
     transport: str = "plain",
     rtp_address: str = "",
+    spool: Path | None = None,
 ) -> ServiceHost:
+    """``storage`` is a directory or a storage URL (``recorder.storage.storage_from_url``). With a directory, segments
+    are written straight into it; otherwise into ``spool`` and uploaded from there."""
+    from recorder.storage import LocalStorage, storage_from_url
     from recorder.worker import RecorderConfig, RecorderWorker
 
+    target = storage_from_url(str(storage))
+    local = isinstance(target, LocalStorage)
+    if not local and spool is None:
+        raise ValueError("a recorder with a storage URL needs --spool, a local directory to write segments into")
     config = RecorderConfig(
         worker_id=worker_id,
-        storage=storage,
+        spool=target.root if isinstance(target, LocalStorage) else spool,  # type: ignore[arg-type]
+        upload=None if local else target,
         public_url=public_url or _url(host, port),
         region=region,
         version=version,
@@ -156,19 +165,20 @@ def build_orchestrator(
     version: str,
     database_url: str,
     signaling_url: str,
-    recordings: Path,
+    recordings: str | Path,
     public_url: str = "",
     notifications: NotificationConfig | None = None,
 ) -> ServiceHost:
     from orchestrator.app import OrchestratorConfig, OrchestratorService
     from orchestrator.notifications import NotificationConfig
+    from recorder.storage import storage_from_url
 
     config = OrchestratorConfig(
         public_url=public_url or _url(host, port),
         signaling_url=signaling_url,
         database_url=database_url,
         version=version,
-        recordings=recordings,
+        recordings=storage_from_url(str(recordings)),
         notifications=notifications or NotificationConfig(),
     )
     return ServiceHost(OrchestratorService(config, bus, regions, issuer), host, port)
@@ -212,19 +222,23 @@ async def run_orchestrator(args: argparse.Namespace, common: CommonConfig) -> in
         args.data_dir.mkdir(parents=True, exist_ok=True)
     bus = open_bus(common.bus_url)
     key = args.private_key or _keys(args)[0]
-    host = build_orchestrator(
-        bus=bus,
-        regions=load_regions(common.regions_file),
-        issuer=TokenIssuer.from_file(key),
-        host=common.host,
-        port=common.port,
-        version=common.version,
-        database_url=args.database or default_database_url(args.data_dir),
-        signaling_url=args.signaling_url,
-        recordings=args.recordings or args.data_dir / "recordings",
-        public_url=args.public_url,
-        notifications=notification_config(args),
-    )
+    try:
+        host = build_orchestrator(
+            bus=bus,
+            regions=load_regions(common.regions_file),
+            issuer=TokenIssuer.from_file(key),
+            host=common.host,
+            port=common.port,
+            version=common.version,
+            database_url=args.database or default_database_url(args.data_dir),
+            signaling_url=args.signaling_url,
+            recordings=args.recordings or args.data_dir / "recordings",
+            public_url=args.public_url,
+            notifications=notification_config(args),
+        )
+    except ValueError as exc:
+        await bus.close()
+        raise SystemExit(f"classmesh orchestrator: {exc}") from None
     return await _run_one(host, bus, common)
 
 
@@ -281,19 +295,24 @@ async def run_media(args: argparse.Namespace, common: CommonConfig) -> int:
 
 async def run_recorder(args: argparse.Namespace, common: CommonConfig) -> int:
     bus = open_bus(common.bus_url)
-    host = build_recorder(
-        bus=bus,
-        worker_id=args.worker_id or f"recorder-{socket.gethostname()}",
-        storage=args.storage,
-        host=common.host,
-        port=common.port,
-        version=common.version,
-        region=args.region,
-        public_url=args.public_url,
-        ice_addresses=tuple(args.ice_address),
-        transport=args.transport,
-        rtp_address=args.rtp_address,
-    )
+    try:
+        host = build_recorder(
+            bus=bus,
+            worker_id=args.worker_id or f"recorder-{socket.gethostname()}",
+            storage=args.storage,
+            spool=args.spool,
+            host=common.host,
+            port=common.port,
+            version=common.version,
+            region=args.region,
+            public_url=args.public_url,
+            ice_addresses=tuple(args.ice_address),
+            transport=args.transport,
+            rtp_address=args.rtp_address,
+        )
+    except ValueError as exc:
+        await bus.close()
+        raise SystemExit(f"classmesh recorder: {exc}") from None
     return await _run_one(host, bus, common)
 
 

@@ -52,6 +52,7 @@ from orchestrator.scheduling_gate import SchedulingGate
 from orchestrator.store import Store
 from orchestrator.store.models import Session, SessionStatus
 from orchestrator.webhooks import DispatcherConfig, WebhookDispatcher
+from recorder.storage import LocalStorage, Storage
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ class OrchestratorConfig:
     join_link_grace: timedelta = timedelta(hours=1)
     migration_grace_s: float = 4.0  # make-before-break: the old node keeps the room this long after a move
     notifications: NotificationConfig = field(default_factory=NotificationConfig)
-    recordings: Path = Path("var/recordings")  # the recorders' shared directory (docs/recording.md)
+    recordings: Storage = field(default_factory=lambda: LocalStorage(Path("var/recordings")))
+    """Where the recorders' segments and the final recordings are (a shared directory or S3; docs/recording.md)."""
 
 
 class RpcError(BusError):
@@ -228,6 +230,7 @@ class OrchestratorService(Service):
         if self._store is not None:
             await self._store.close()
             self._store = None
+        await self.config.recordings.close()
 
     def health(self) -> dict[str, Any]:
         return {

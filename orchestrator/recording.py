@@ -15,6 +15,8 @@ Runs on the elected leader (``run``), every ``interval_s``:
    Detection takes at most ``stall_after`` + ``interval_s`` (3.5 s), within the 5 s the product promises.
    A storage error opens an operational exception naming the cause (``recorder_storage_full``); both slots
    unhealthy at once opens ``recording_gap`` with the time it started (and the end, once a copy is back).
+   With S3 storage, a worker whose uploads fail for ``upload_alert_after`` opens ``recording_upload_failing``; its
+   copies are not replaced (their segments wait in its spool, and a replacement would upload to the same place).
 4. **Hand-over.** A job on a draining worker gets a replacement first; the old one is stopped once the
    replacement has written for ``handover_s`` (make-before-break, as rooms move).
 5. **After the class.** When the session has ended (or was cancelled), its jobs are stopped, and the recording is
@@ -27,13 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -43,6 +47,10 @@ from orchestrator.errors import InvalidStateError, NotFoundError
 from orchestrator.registry import NodeInfo, NodeRegistry
 from orchestrator.store import Store
 from orchestrator.store.models import ACTIVE_JOB_STATUSES, RecordingJob, RecordingJobStatus, Session, SessionStatus
+from recorder.storage import LocalStorage, Storage, download
+
+if TYPE_CHECKING:
+    from recorder.finalize import FinalRecording
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +73,7 @@ RUNNING = (RecordingJobStatus.ASSIGNED, RecordingJobStatus.RECORDING)
 
 @dataclass(frozen=True, slots=True)
 class RecordingConfig:
-    storage: Path  # the directory the workers write to (shared volume; see docs/recording.md)
+    storage: Storage  # where the workers' segments are (a shared directory, or S3; see docs/recording.md)
     interval_s: float = 0.5
     stall_after: float = 3.0  # no progress report for this long: the copy is stalled or its worker is gone
     start_grace: float = 10.0  # from assignment to the first progress report (join + ICE + DTLS)
@@ -74,6 +82,7 @@ class RecordingConfig:
     handover_s: float = 2.0
     stop_timeout: float = 15.0
     end_grace_s: float = 60.0  # after the session ended, wait at most this long for jobs to stop
+    upload_alert_after: float = 10.0  # a worker's uploads (S3) failing this long opens recording_upload_failing
 
 
 @dataclass
@@ -116,6 +125,7 @@ class RecordingCoordinator:
         self._first_seen: dict[str, float] = {}
         self._recent: dict[str, list[float]] = {}  # worker -> when jobs were just assigned to it
         self._lead_since = time.monotonic()
+        self._upload_alerted: dict[str, float] = {}  # worker -> when its upload failure was last raised (monotonic)
 
     # ------------------------------------------------------------------------------------------ loop
     async def run(self, fencing_token: int) -> None:
@@ -171,6 +181,36 @@ class RecordingCoordinator:
             now if seen is None else seen.first,
             parts,
             wrote_wall,
+        )
+        failing = message.get("upload_error")
+        if isinstance(failing, dict):
+            self._upload_failing(str(message.get("worker_id")), str(message.get("session_id")), failing, message)
+
+    def _upload_failing(self, worker_id: str, session_id: str, error: dict[str, Any], report: dict[str, Any]) -> None:
+        """A worker cannot upload its finished segments (S3 down, refused, full): the copy is safe in its spool and
+        keeps recording, so nothing is replaced; an operator is told once the failure lasted ``upload_alert_after``.
+        """
+        since = float(error.get("since") or time.time())
+        if time.time() - since < self.config.upload_alert_after:
+            return
+        if time.monotonic() - self._upload_alerted.get(worker_id, -1e9) < 60.0:
+            return
+        self._upload_alerted[worker_id] = time.monotonic()
+        details = {
+            "cause": error.get("cause") or error.get("code"),
+            "message": error.get("message"),
+            "since": since,
+            "uploads_pending": report.get("uploads_pending"),
+        }
+        self._spawn(
+            self._store.raise_exception(
+                f"recording_upload_failing:{worker_id}",
+                "recording_upload_failing",
+                "high",
+                subject_refs={"worker_id": worker_id, "session_id": session_id},
+                details=details,
+            ),
+            f"recording:upload-alert:{worker_id}",
         )
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -533,8 +573,6 @@ class RecordingCoordinator:
         return any(not t.done() and session_id in t.get_name() for t in self._tasks)
 
     async def finalize(self, session_id: str, *, resume: bool = False) -> None:
-        from recorder.finalize import finalize
-
         try:
             try:
                 recording = await self._store.upsert_recording(
@@ -542,12 +580,7 @@ class RecordingCoordinator:
                 )
             except InvalidStateError:
                 return
-            result = await asyncio.to_thread(
-                finalize,
-                self.config.storage / session_id,
-                presence_start=recording.media_start,
-                presence_end=recording.media_end,
-            )
+            result = await self._build(session_id, recording.media_start, recording.media_end)
             status = "ready" if result.ok else "failed"
             details = {**result.details, "problems": list(result.problems)}
             files = [f"{session_id}/{Path(result.path).name}"] if result.path else []
@@ -588,6 +621,24 @@ class RecordingCoordinator:
             for memo in (self._sessions, self._first_seen, self._both_down):
                 memo.pop(session_id, None)
             self._ever_healthy.discard(session_id)
+
+    async def _build(self, session_id: str, presence_start: float | None, presence_end: float | None) -> FinalRecording:
+        """``recorder.finalize`` on the session's segments: in place in a shared directory; from S3, fetched into a
+        scratch directory first, and the final file uploaded next to them."""
+        from recorder.finalize import FINAL_NAME, finalize  # PyAV is loaded when the first recording is built
+
+        storage = self.config.storage
+        build = functools.partial(finalize, presence_start=presence_start, presence_end=presence_end)
+        if isinstance(storage, LocalStorage):
+            return await asyncio.to_thread(build, storage.root / session_id)
+        with tempfile.TemporaryDirectory(prefix="classmesh-assemble-") as scratch:  # under $TMPDIR
+            local = Path(scratch) / session_id
+            fetched = await download(storage, f"{session_id}/", local, skip=lambda key: key.endswith(FINAL_NAME))
+            logger.info("session=%s fetched %d bytes of segments for assembly", session_id, fetched)
+            result = await asyncio.to_thread(build, local)
+            if result.path is not None:
+                await storage.put(f"{session_id}/{FINAL_NAME}", Path(result.path))
+            return result
 
 
 def _summary(result: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -15,6 +15,10 @@ NACKED_PACKETS = Counter(
     "classmesh_recorder_nacked_packets_total", "Packets missing from plain RTP and asked again from the node"
 )
 STORAGE_ERRORS = Counter("classmesh_recorder_storage_errors_total", "Storage errors by code", ["code"])
+UPLOADS = Counter("classmesh_recorder_uploads_total", "Spool files uploaded to the storage (S3)")
+UPLOADED_BYTES = Counter("classmesh_recorder_uploaded_bytes_total", "Bytes uploaded from the spool to the storage")
+UPLOAD_FAILURES = Counter("classmesh_recorder_upload_failures_total", "Upload attempts that failed (retried)")
+UPLOAD_BACKLOG = Gauge("classmesh_recorder_upload_backlog", "Segments in the spool waiting for upload")
 COVERAGE = Histogram(
     "classmesh_recorder_coverage_ratio",
     "Coverage of finished recordings (recorded seconds / seconds of media sent)",

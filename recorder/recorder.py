@@ -106,10 +106,17 @@ def without_bandwidth_estimation(sdp: str) -> str:
 
 
 class Recorder:
-    def __init__(self, config: RecorderConfig, bus: Bus, on_progress: Callable[[Progress], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: RecorderConfig,
+        bus: Bus,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_segment: Callable[[SegmentInfo], None] | None = None,
+    ) -> None:
         self.config = config
         self._bus = bus
         self._on_progress = on_progress
+        self._on_segment = on_segment
         self._pc: RTCPeerConnection | None = None
         self._subscription: Subscription | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -422,6 +429,8 @@ class Recorder:
 
     def _segment_done(self, info: SegmentInfo) -> None:
         metrics.SEGMENTS.inc()
+        if self._on_segment is not None:
+            self._on_segment(info)
 
     # -- progress ------------------------------------------------------------------------------
 

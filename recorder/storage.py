@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
@@ -713,3 +713,24 @@ def storage_from_url(url: str, environ: Mapping[str, str] | None = None) -> Stor
             raise ValueError(f"file URL {url!r} needs an absolute path (file:///absolute/path)")
         return LocalStorage(Path(path))
     raise ValueError(f"storage URL scheme {scheme!r} is not supported (use a path, file:///path or s3://bucket/prefix)")
+
+
+async def download(
+    storage: Storage, prefix: str, into: Path, *, skip: Callable[[str], bool] = lambda key: False
+) -> int:
+    """Copy every object under ``prefix`` to ``into`` (its key below the prefix as the relative path), except those
+    ``skip`` names; returns the bytes copied."""
+    total = 0
+    for info in await storage.list(prefix):
+        if skip(info.key):
+            continue
+        target = into.joinpath(*_check_key(info.key[len(prefix) :].lstrip("/")).parts)
+        data = await storage.open(info.key)
+        await asyncio.to_thread(_write_file, target, data)
+        total += len(data)
+    return total
+
+
+def _write_file(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)

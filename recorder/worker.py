@@ -9,7 +9,9 @@ with ``{"op": "start", ...}`` on ``recorder_rpc(worker_id)``. The worker:
 - joins the room as a hidden, subscribe-only participant (``Recorder``) on the node that hosts it, and **follows the
   room when it moves** (``moved`` on the room channel, after a drain or a node failure): a new part joins the new
   node, and the old part is closed a few seconds later (make-before-break). Each part writes its own segments,
-  under ``<storage>/<session>/<copy_id>/p<k>/``; the assembler treats every part as one more copy.
+  under ``<spool>/<session>/<copy_id>/p<k>/``; the assembler treats every part as one more copy. The spool is
+  the storage itself when that is a (shared) directory; with S3 a ``SegmentShipper`` uploads every finished
+  segment under the same key and the job's stop waits (``upload_flush_s``) for its last segments to be stored.
 - publishes the job's progress on ``RECORDING_PROGRESS`` every second (bytes, segments, gaps, tracks, the
   storage error if writing failed), which is what the coordinator's live check watches.
 - on ``{"op": "stop"}`` (the class ended, or the job was replaced) closes its parts, completing the open segments,
@@ -47,6 +49,9 @@ from media.forwarding import configure_ice
 from . import metrics
 from .recorder import Recorder
 from .recorder import RecorderConfig as CopyConfig
+from .shipping import SegmentShipper
+from .storage import Storage
+from .writer import SegmentInfo
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +59,10 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class RecorderConfig:
     worker_id: str
-    storage: Path
+    spool: Path  # where segments are written; the storage itself unless ``upload`` is set
     public_url: str
+    upload: Storage | None = None  # a storage that is not the spool (S3): finished segments are uploaded to it
+    upload_flush_s: float = 10.0  # a stopped job waits this long for its last segments' upload
     region: str = "any"
     version: str = "dev"
     heartbeat_interval: float = 1.0
@@ -100,10 +107,13 @@ class RecorderWorker(Service):
         self._ticker: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()  # set whenever a job ends (the drain waits on it)
+        self._shipper = SegmentShipper(config.upload, config.spool) if config.upload is not None else None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.config.storage.mkdir(parents=True, exist_ok=True)
+        self.config.spool.mkdir(parents=True, exist_ok=True)
+        if self._shipper is not None:
+            self._shipper.start()
         if self.config.ice_addresses:
             configure_ice(list(self.config.ice_addresses))
         self._serving = await self._bus.serve(recorder_rpc(self.config.worker_id), self._handle)
@@ -139,7 +149,7 @@ class RecorderWorker(Service):
         await self._heartbeat.close()
 
     def health(self) -> dict[str, Any]:
-        usage = shutil.disk_usage(self.config.storage) if self.config.storage.exists() else None
+        usage = shutil.disk_usage(self.config.spool) if self.config.spool.exists() else None
         return {
             "worker_id": self.config.worker_id,
             "jobs": sorted(self._jobs),
@@ -215,12 +225,12 @@ class RecorderWorker(Service):
             room_id=job.session_id,
             participant_id=f"rec-{job.session_id}-{job.copy_id}-p{index}",
             copy_id=f"{job.copy_id}p{index}",
-            directory=self.config.storage / job.session_id / job.copy_id / f"p{index}",
+            directory=self.config.spool / job.session_id / job.copy_id / f"p{index}",
             segment_seconds=self.config.segment_seconds,
             transport=self.config.transport,
             plain_host=self.config.rtp_address,
         )
-        recorder = Recorder(copy, self._bus)
+        recorder = Recorder(copy, self._bus, on_segment=self._ship if self._shipper is not None else None)
         await recorder.start()
         job.parts.append(recorder)
         job.node_id = node_id
@@ -270,6 +280,8 @@ class RecorderWorker(Service):
             await job.room_sub.close()
         async with job.lock:
             await self._close_parts(job)
+        if self._shipper is not None:
+            await self._shipper.flush(f"{job.session_id}/{job.copy_id}/", self.config.upload_flush_s)
         result = self._progress(job)
         self._jobs.pop(job_id, None)
         with contextlib.suppress(BusError):
@@ -283,6 +295,11 @@ class RecorderWorker(Service):
             *(self.config.worker_id, job_id, reason, result["bytes"], result["segments"]),
         )
         return result
+
+    def _ship(self, info: SegmentInfo) -> None:
+        assert self._shipper is not None and info.path
+        media = Path(info.path)
+        self._shipper.ship(media, media.with_name(f"seg-{info.index:06d}.json"))
 
     async def _close_parts(self, job: _Job) -> None:
         parts, job.parts = job.parts, []
@@ -311,6 +328,19 @@ class RecorderWorker(Service):
             "tracks": tracks,
             "clock_drift_ms": {k: v for r in reports for k, v in r.clock_drift_ms.items()},
             "error": error,
+            **self._upload_state(f"{job.session_id}/{job.copy_id}/"),
+        }
+
+    def _upload_state(self, prefix: str) -> dict[str, Any]:
+        """Segments of the job still waiting in the spool, and why uploading fails (kept apart from ``error``:
+        the copy is safe in the spool, so the coordinator raises an exception instead of replacing it)."""
+        shipper = self._shipper
+        if shipper is None:
+            return {"uploads_pending": 0, "upload_error": None}
+        failing = shipper.error
+        return {
+            "uploads_pending": shipper.pending(prefix),
+            "upload_error": None if failing is None else {**failing.describe(), "since": shipper.failing_since},
         }
 
     async def _tick_loop(self) -> None:

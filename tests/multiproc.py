@@ -100,7 +100,18 @@ def write_regions(path: Path, nodes: dict[str, list[str]]) -> dict[str, int]:
 class Fleet:
     """An orchestrator, a signaling server and media nodes as separate processes sharing one Redis."""
 
-    def __init__(self, tmp: Path, redis_url: str, nodes: dict[str, list[str]], *, version: str = "1") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        redis_url: str,
+        nodes: dict[str, list[str]],
+        *,
+        version: str = "1",
+        storage: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``storage``: the recordings storage URL (S3) for the orchestrator and the recorders, with ``env`` (its
+        credentials) given to both; by default they share the directory ``recordings``."""
         from core.tokens import TokenIssuer, load_or_create_dev_keys
 
         self.tmp = tmp
@@ -115,6 +126,8 @@ class Fleet:
         self.procs: dict[str, ServiceProcess] = {}
         self.version = version
         self.signaling_port = free_port()
+        self.storage = storage
+        self.env = env or {}
 
     def common(self, port: int) -> list[str]:
         return [
@@ -144,7 +157,9 @@ class Fleet:
         ]
         if database:
             args += ["--database", database]
-        self.procs[name] = ServiceProcess(name, args, self.logs, port)
+        if self.storage:
+            args += ["--recordings", self.storage]
+        self.procs[name] = ServiceProcess(name, args, self.logs, port, self.env)
         return self.procs[name]
 
     def start_signaling(self) -> ServiceProcess:
@@ -201,11 +216,13 @@ class Fleet:
             "--region",
             region,
             "--storage",
-            str(storage or self.recordings),
+            str(storage or self.storage or self.recordings),
             "--ice-address",
             "127.0.0.1",
         ]
-        proc = ServiceProcess(worker_id, args, self.logs, port)
+        if self.storage and storage is None:
+            args += ["--spool", str(self.tmp / "spool" / worker_id)]
+        proc = ServiceProcess(worker_id, args, self.logs, port, self.env)
         self.procs[worker_id] = proc
         return proc
 

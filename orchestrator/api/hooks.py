@@ -14,7 +14,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import jwt
@@ -25,6 +24,7 @@ from orchestrator.store.models import Booking, BookingDraft, JoinLink, Occurrenc
 
 if TYPE_CHECKING:
     from orchestrator.store import Store
+    from recorder.storage import Storage
 
 MAX_OCCURRENCES = 200
 RRULE_HORIZON = timedelta(days=2 * 366)
@@ -219,5 +219,5 @@ class ApiHooks:
     join_links_revoked: Callable[[Sequence[JoinLink]], Awaitable[None]] = _ignore_revoked
     """Called with join links the store has just revoked (a substitute took over the session), so that the
     classroom refuses them at once; the store keeps ``join_links.revoked_at`` either way."""
-    recordings: Path | None = None
-    """The recorders' shared directory, where final recordings are downloaded from."""
+    recordings: Storage | None = None
+    """The recordings storage (the recorders' shared directory, or S3), where final recordings are downloaded from."""

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from wsgiref.handlers import format_date_time
+
 from aiohttp import web
 
 from orchestrator.api.handlers import ok, page
 from orchestrator.api.operations import PAGING, Call, Operation, QueryParam
+from orchestrator.api.problems import problem
 from orchestrator.api.schemas import ID
 from orchestrator.errors import InvalidStateError, NotFoundError
 from orchestrator.store import codec
+from recorder.errors import SegmentNotFoundError
 
 MEDIA_TYPE = "video/x-matroska"
+CHUNK = 1 << 20
 
 
 async def list_recordings(call: Call) -> web.Response:
@@ -26,22 +33,69 @@ async def get_recording(call: Call) -> web.Response:
 
 
 async def download_recording(call: Call) -> web.StreamResponse:
+    """The final file, streamed from the recordings storage (a directory or S3) in 1 MiB reads.
+
+    One ``Range: bytes=a-b`` (or ``a-``, ``-n``) is answered 206 with ``Content-Range``; a range past the end 416;
+    a malformed or multi-part range gets the whole file (RFC 9110 lets a server ignore Range). ``If-Range`` with
+    an ETag or date that no longer matches gets the whole file too."""
     recording = await call.store.get_recording(call.path["recording_id"])
-    root = call.hooks.recordings
-    if root is None or not recording.files:
+    storage = call.hooks.recordings
+    if storage is None or not recording.files:
         raise InvalidStateError(f"recording {recording.recording_id} has no file yet (status {recording.status})")
-    path = root.joinpath(*recording.files[0].split("/"))
-    if not path.resolve().is_relative_to(root.resolve()) or not path.is_file():
-        raise NotFoundError("recording file", recording.files[0])
-    # aiohttp's FileResponse answers Range/If-Range itself: 206 with Content-Range, 416 for a range past the end
-    return web.FileResponse(
-        path,
-        headers={
-            "Content-Type": MEDIA_TYPE,
-            "Content-Disposition": f'attachment; filename="{recording.session_id}.mkv"',
-            "Cache-Control": "private, no-store",
-        },
-    )
+    key = recording.files[0]
+    try:
+        info = await storage.stat(key)
+    except (ValueError, SegmentNotFoundError):  # an invalid key (``..``) is not found either
+        raise NotFoundError("recording file", key) from None
+    etag = f'"{info.etag}"' if info.etag else f'"{info.size:x}-{int(info.modified * 1000):x}"'
+    modified = datetime.fromtimestamp(info.modified, UTC)
+    headers = {
+        "Content-Type": MEDIA_TYPE,
+        "Content-Disposition": f'attachment; filename="{recording.session_id}.mkv"',
+        "Cache-Control": "private, no-store",
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Last-Modified": format_date_time(info.modified),
+    }
+    start, end, status = 0, info.size, 200
+    if _range_applies(call.request, etag, modified):
+        try:
+            wanted = call.request.http_range
+        except ValueError:
+            wanted = slice(None)
+        if wanted.start is not None or wanted.stop is not None:
+            first = wanted.start if wanted.start is not None and wanted.start >= 0 else info.size + (wanted.start or 0)
+            first = max(first, 0)
+            if first >= info.size:
+                detail = f"the range starts past the end of the {info.size}-byte file"
+                return problem(416, "range-not-satisfiable", detail, headers={"Content-Range": f"bytes */{info.size}"})
+            start, end, status = first, min(wanted.stop or info.size, info.size), 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = end - start
+    await response.prepare(call.request)
+    position = start
+    while position < end:
+        chunk = await storage.read_range(key, position, min(position + CHUNK, end))
+        if not chunk:
+            break  # the object shrank under us; the client sees a short body
+        await response.write(chunk)
+        position += len(chunk)
+    await response.write_eof()
+    return response
+
+
+def _range_applies(request: web.BaseRequest, etag: str, modified: datetime) -> bool:
+    if_range = request.headers.get("If-Range")
+    if if_range is None:
+        return True
+    if if_range.startswith(('"', "W/")):
+        return if_range == etag
+    try:
+        since = parsedate_to_datetime(if_range)
+    except (TypeError, ValueError):
+        return False
+    return modified.replace(microsecond=0) <= since
 
 
 async def end_session(call: Call) -> web.Response:
@@ -86,7 +140,8 @@ RECORDING_OPERATIONS: tuple[Operation, ...] = (
         None,
         binary=MEDIA_TYPE,
         errors=(409, 416),
-        description="A single `Range: bytes=a-b` gives 206 with `Content-Range`; a range past the end gives 416. "
+        description="A single `Range: bytes=a-b` (or `a-`, `-n`) gives 206 with `Content-Range`; a range past the end "
+        "gives 416; several ranges, or an `If-Range` that no longer matches the `ETag`, give the whole file. "
         "A failed recording with a partial file can still be downloaded; 409 while there is no file yet.",
     ),
 )

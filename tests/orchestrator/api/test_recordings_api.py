@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from orchestrator.errors import InvalidStateError
 from orchestrator.store import Store
 from orchestrator.store import schema as t
 from orchestrator.store.models import RecordingJobStatus
+from recorder.storage import LocalStorage, S3Storage, Storage
 from tests.orchestrator.api.conftest import ApiFactory
 from tests.orchestrator.test_provisioning import book
 
@@ -25,8 +28,20 @@ async def recorded_session(store: Store) -> str:
     return session_id
 
 
-async def test_recordings_are_listed_read_and_downloaded_with_ranges(make_api: ApiFactory, tmp_path: Path) -> None:
-    api = await make_api(ApiHooks(recordings=tmp_path))
+@pytest.fixture(params=["local", "s3"])
+async def recordings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    """The recordings storage the API downloads from: a directory, or a real S3 server (SeaweedFS)."""
+    storage: Storage
+    if request.param == "local":
+        storage = LocalStorage(tmp_path / "recordings")
+    else:
+        storage = S3Storage(request.getfixturevalue("seaweedfs").config())
+    yield storage
+    await storage.close()
+
+
+async def test_recordings_are_listed_read_and_downloaded_with_ranges(make_api: ApiFactory, recordings: Storage) -> None:
+    api = await make_api(ApiHooks(recordings=recordings))
     session_id = await recorded_session(api.store)
     resp = await api.client.get("/v1/recordings", params={"session_id": session_id}, headers=api.auth())
     assert resp.status == 200
@@ -38,9 +53,8 @@ async def test_recordings_are_listed_read_and_downloaded_with_ranges(make_api: A
     resp = await api.client.get(f"/v1/recordings/{rid}/download", headers=api.auth())
     assert resp.status == 409 and resp.content_type == "application/problem+json"
 
-    data = bytes(range(256)) * 40
-    (tmp_path / session_id).mkdir()
-    (tmp_path / session_id / "recording.mkv").write_bytes(data)
+    data = bytes(range(256)) * 40 + os.urandom(3 << 20)  # more than the handler's 1 MiB reads
+    await recordings.put(f"{session_id}/recording.mkv", data)
     await api.store.upsert_recording(
         session_id, status="ready", coverage=1.0, gaps=(), files=[f"{session_id}/recording.mkv"], duration=12.5
     )
@@ -57,8 +71,21 @@ async def test_recordings_are_listed_read_and_downloaded_with_ranges(make_api: A
     assert await resp.read() == data[100:200]
     resp = await api.client.get(url, headers={**api.auth(), "Range": "bytes=-10"})
     assert resp.status == 206 and await resp.read() == data[-10:]
+    resp = await api.client.get(url, headers={**api.auth(), "Range": "bytes=1048000-2097999"})  # across reads
+    assert resp.status == 206 and await resp.read() == data[1048000:2098000]
+    resp = await api.client.get(url, headers={**api.auth(), "Range": f"bytes={len(data) - 5}-{len(data) + 100}"})
+    assert resp.status == 206 and resp.headers["Content-Range"] == f"bytes {len(data) - 5}-{len(data) - 1}/{len(data)}"
+    assert await resp.read() == data[-5:]
     resp = await api.client.get(url, headers={**api.auth(), "Range": f"bytes={len(data) + 5}-"})
-    assert resp.status == 416
+    assert resp.status == 416 and resp.headers["Content-Range"] == f"bytes */{len(data)}"
+    resp = await api.client.get(url, headers={**api.auth(), "Range": "bytes=0-1,5-9"})  # multi-part: whole file
+    assert resp.status == 200 and len(await resp.read()) == len(data)
+    # If-Range: the range only while the file is the one the client has
+    etag = resp.headers["ETag"]
+    resp = await api.client.get(url, headers={**api.auth(), "Range": "bytes=0-9", "If-Range": etag})
+    assert resp.status == 206 and await resp.read() == data[:10]
+    resp = await api.client.get(url, headers={**api.auth(), "Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert resp.status == 200 and len(await resp.read()) == len(data)
 
     # the recording.ready webhook is emitted once, whatever repeats the final status
     await api.store.upsert_recording(session_id, status="ready", coverage=1.0)
@@ -74,7 +101,7 @@ async def test_recordings_are_listed_read_and_downloaded_with_ranges(make_api: A
 
 
 async def test_recordings_need_a_key_with_the_scope(make_api: ApiFactory, tmp_path: Path) -> None:
-    api = await make_api(ApiHooks(recordings=tmp_path))
+    api = await make_api(ApiHooks(recordings=LocalStorage(tmp_path)))
     await recorded_session(api.store)
     resp = await api.client.get("/v1/recordings")
     assert resp.status == 401
@@ -91,7 +118,7 @@ async def test_a_file_outside_the_recordings_directory_is_never_served(make_api:
     root = tmp_path / "recordings"
     root.mkdir()
     (tmp_path / "secret.txt").write_text("not yours")
-    api = await make_api(ApiHooks(recordings=root))
+    api = await make_api(ApiHooks(recordings=LocalStorage(root)))
     session_id = await recorded_session(api.store)
     recording = await api.store.upsert_recording(session_id, status="failed", files=["../secret.txt"])
     resp = await api.client.get(f"/v1/recordings/{recording.recording_id}/download", headers=api.auth())
