@@ -16,7 +16,8 @@ window while it records one room with ``--publishers`` participants, each sendin
   connection with packets only counted: the cost of receiving WebRTC at all).
 
 Result: ``cores_per_room_copy`` (record CPU seconds / window seconds) against the target of
-0.02, and ``ratio_plain_vs_webrtc``.
+0.02, and ``ratio_plain_vs_webrtc``. ``--batch-ms`` sets how often the recorder reads its plain RTP socket
+(default: the recorder's own ``plain_batch_s``), for A/B runs of that trade-off.
 """
 
 from __future__ import annotations
@@ -175,7 +176,9 @@ def count_segments(directory: Path) -> int:
 # -- recorder process -----------------------------------------------------------------------------
 
 
-async def run_recorder(redis_url: str, mode: str, directory: Path, warmup: float, window: float) -> None:
+async def run_recorder(
+    redis_url: str, mode: str, directory: Path, warmup: float, window: float, batch_s: float
+) -> None:
     from core.bus import RedisBus
     from media.forwarding import configure_ice
     from recorder.recorder import Recorder, RecorderConfig
@@ -193,7 +196,9 @@ async def run_recorder(redis_url: str, mode: str, directory: Path, warmup: float
 
     cls = ReceiveOnly if mode.startswith("receive") else Recorder
     transport = "webrtc" if mode.endswith("webrtc") else "plain"
-    recorder = cls(RecorderConfig(NODE, ROOM, f"rec-{mode}", mode, directory, transport=transport), bus)
+    batch = {"plain_batch_s": batch_s} if batch_s > 0 else {}  # 0: the recorder's default
+    config = RecorderConfig(NODE, ROOM, f"rec-{mode}", mode, directory, transport=transport, **batch)
+    recorder = cls(config, bus)
     await recorder.start()
     await asyncio.sleep(warmup)
     t0, c0 = time.monotonic(), cpu_seconds(os.getpid())
@@ -271,12 +276,18 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=4.0)
     parser.add_argument("--window", type=float, default=15.0)
+    parser.add_argument(
+        "--batch-ms",
+        type=float,
+        default=0.0,
+        help="how often the recorder reads its plain RTP socket (default: RecorderConfig.plain_batch_s)",
+    )
     args = parser.parse_args()
     if args.role == "node":
         asyncio.run(run_node(args.redis, args.media, args.publishers))
         return
     if args.role == "recorder":
-        asyncio.run(run_recorder(args.redis, args.mode, args.directory, args.warmup, args.window))
+        asyncio.run(run_recorder(args.redis, args.mode, args.directory, args.warmup, args.window, args.batch_ms / 1000))
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-recording-"))
@@ -320,6 +331,8 @@ def main() -> None:
                     str(args.warmup),
                     "--window",
                     str(args.window),
+                    "--batch-ms",
+                    str(args.batch_ms),
                 ],
                 capture_output=True,
                 text=True,

@@ -64,7 +64,7 @@ class RecorderConfig:
     progress_interval: float = 1.0
     transport: str = "plain"  # or "webrtc"
     plain_host: str = "127.0.0.1"  # the address the node sends plain RTP to (this host's, on the node's network)
-    plain_batch_s: float = 0.05  # how often the plain RTP socket is read
+    plain_batch_s: float = 0.2  # how often the plain RTP socket is read, at most (shorter when it fills up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,7 @@ class Recorder:
         self._closed = False
         self._pli_tasks: set[asyncio.Task[None]] = set()
         self._udp: socket.socket | None = None
+        self._rcvbuf = 1 << 21  # the plain RTP socket's buffer, as the kernel granted it
         self._drainer: asyncio.Task[None] | None = None
         self._by_ssrc: dict[int, _Track] = {}  # plain RTP
         self._node_addr: tuple[str, int] | None = None  # where the plain RTP comes from (RTCP goes back there)
@@ -160,7 +161,13 @@ class Recorder:
         if c.transport == "plain":
             family = socket.AF_INET6 if ":" in c.plain_host else socket.AF_INET
             self._udp = socket.socket(family, socket.SOCK_DGRAM)
-            self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            self._rcvbuf = self._udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)  # capped by rmem_max
+            if self._rcvbuf < 1 << 21:
+                logger.info(
+                    "copy=%s plain RTP socket buffer is %d bytes (net.core.rmem_max); reading it more often",
+                    *(c.copy_id, self._rcvbuf),
+                )
             self._udp.bind((c.plain_host, 0))
             self._udp.setblocking(False)
             host, port = self._udp.getsockname()[:2]
@@ -276,13 +283,23 @@ class Recorder:
 
     async def _drain_loop(self) -> None:
         """Read the plain RTP socket every ``plain_batch_s``, everything queued at once: one wakeup per batch
-        instead of one per packet (a recorder has no use for lower latency; the socket buffer holds ~2 s)."""
+        instead of one per packet (a recorder has no use for lower latency, and on small VMs a wakeup of this
+        process costs as much CPU as processing dozens of packets). A batch that filled more than a quarter of
+        the socket buffer halves the interval (down to 20 ms); quieter batches let it grow back."""
+        interval = self.config.plain_batch_s
         while True:
-            await asyncio.sleep(self.config.plain_batch_s)
-            self._drain()
+            await asyncio.sleep(interval)
+            used = self._drain()
+            if used > self._rcvbuf // 4:
+                interval = max(interval / 2, 0.02)
+            elif used < self._rcvbuf // 16:
+                interval = min(interval * 1.5, self.config.plain_batch_s)
 
-    def _drain(self) -> None:
+    def _drain(self) -> int:
+        """Process what the socket holds; returns about how much of its buffer that took (a datagram costs its
+        size plus ~1 KiB of kernel bookkeeping)."""
         sock = self._udp
+        used = 0
         if sock is not None:
             now = time.time()  # one arrival time per batch: the packets waited in the socket together
             for _ in range(20000):
@@ -293,10 +310,12 @@ class Recorder:
                 except OSError as exc:  # e.g. ICMP unreachable for our RTCP: the node went away
                     logger.debug("copy=%s plain socket: %s", self.config.copy_id, exc)
                     continue
+                used += len(data) + 1024
                 try:
                     self._on_datagram(data, (str(addr[0]), int(addr[1])), now)
                 except Exception:  # one bad datagram must not stop the recording
                     logger.exception("copy=%s bad datagram from %s", self.config.copy_id, addr)
+        return used
 
     def _send_rtcp(self, data: bytes) -> None:
         if self._udp is not None and self._node_addr is not None:
@@ -339,7 +358,13 @@ class Recorder:
             str(desc.get("participant_id", "")),
             str(desc.get("source", "")),
         )
-        state = _Track(info, clock_rate, Depacketizer(codec), TrackClock(clock_rate))
+        # A packet NACKed after one batch is read with the next: wait a batch longer than the default for it.
+        # The window holds a batch of a keyframe burst.
+        if self._udp is not None:
+            depacketizer = Depacketizer(codec, reorder_window=512, reorder_delay=0.15 + self.config.plain_batch_s)
+        else:
+            depacketizer = Depacketizer(codec)
+        state = _Track(info, clock_rate, depacketizer, TrackClock(clock_rate))
         state.bytes_metric = metrics.BYTES_WRITTEN.labels(info.kind)
         self._tracks[key] = state
         self.writer.add_track(info)
