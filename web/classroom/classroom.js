@@ -510,7 +510,9 @@ class Classroom {
     this.log("subscriber offer");
     for (const [mid, info] of Object.entries(msg.tracks || {})) trackMap.set(mid, info);
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    this.log("subscriber offer applied");
     await pc.setLocalDescription(await pc.createAnswer());
+    this.log("subscriber answer made");
     await gatheringComplete(pc);
     // forget mids the node no longer sends
     const live = new Set(Object.keys(msg.tracks || {}));
