@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class SegmentShipper:
         self._wake = asyncio.Event()
         self._shipped = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(); ship() may come from other threads
+        self._loop_thread = 0
         self.error: StorageError | None = None
         self.failing_since: float | None = None  # wall time of the first failure since the last success
         self.uploaded_bytes = 0
@@ -58,11 +61,21 @@ class SegmentShipper:
         self._queue.extend(leftovers(self.spool))
         if self._queue:
             logger.info("spool=%s: %d segment(s) left by a previous process, uploading", self.spool, len(self._queue))
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._task = asyncio.create_task(self._run(), name=f"recorder-shipper:{self.spool}")
         self._wake.set()
 
     def ship(self, media: Path, sidecar: Path) -> None:
-        self._queue.append((media, sidecar))
+        """Queue a completed segment. Safe from any thread: the writer completes its last segments in a worker
+        thread when a recording closes."""
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._enqueue((media, sidecar))
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue, (media, sidecar))
+
+    def _enqueue(self, batch: Batch) -> None:
+        self._queue.append(batch)
         metrics.UPLOAD_BACKLOG.set(len(self._queue))
         self._wake.set()
 
