@@ -150,11 +150,16 @@ class RecorderWorker(Service):
 
     def health(self) -> dict[str, Any]:
         usage = shutil.disk_usage(self.config.spool) if self.config.spool.exists() else None
-        return {
+        health: dict[str, Any] = {
             "worker_id": self.config.worker_id,
             "jobs": sorted(self._jobs),
-            "storage_free_bytes": usage.free if usage else None,
+            "storage_free_bytes": usage.free if usage else None,  # of the spool (the storage, when a directory)
         }
+        if self._shipper is not None:
+            failing = self._shipper.error
+            health["upload_backlog"] = self._shipper.backlog
+            health["upload_error"] = None if failing is None else failing.describe()
+        return health
 
     def state_changed(self, state: ServiceState) -> None:
         self._heartbeat.wake()

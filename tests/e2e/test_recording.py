@@ -44,7 +44,7 @@ from orchestrator.store.models import (
     Subject,
     WeeklyWindow,
 )
-from tests.multiproc import Fleet
+from tests.multiproc import Fleet, http_json
 from tests.seaweed import BUCKET, SeaweedFS, s3_env
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
@@ -264,6 +264,10 @@ async def test_a_recorder_killed_mid_class_loses_no_second(
         assert not recorded.fleet.recordings.exists()
         left = [p for p in (tmp_path / "spool").rglob("*") if p.is_file() and victim.worker_id not in p.parts]
         assert not left, left
+        for name, proc in recorded.fleet.procs.items():
+            if name.startswith("rec-") and name != victim.worker_id:
+                status, health = http_json(f"{proc.url}/healthz")
+                assert status == 200 and health["upload_backlog"] == 0 and health["upload_error"] is None, health
     frames = decode_all(path)
     assert sorted(k.split(":")[1] for k in frames) == ["audio", "audio", "video", "video"]
     assert all(n > 0 for n in frames.values()), frames
