@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -243,6 +244,17 @@ class Fleet:
 
     def token(self, room: str, name: str, role: str = "student") -> str:
         return self.issuer.mint(room=room, identity=name.lower(), name=name, role=role)
+
+    async def wait_nodes(self, count: int, within: float = 20.0) -> None:
+        """Until the orchestrator sees ``count`` serving media nodes: a process that answers /readyz is not yet
+        in the orchestrator's registry (its first heartbeat is on the way), and a join before that is refused."""
+        url = self.procs["orchestrator"].url
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if (http_json(f"{url}/healthz")[1] or {}).get("nodes") == count:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"the orchestrator does not see {count} media nodes")
 
     def stop_all(self) -> dict[str, int]:
         return {name: proc.stop() for name, proc in reversed(list(self.procs.items()))}

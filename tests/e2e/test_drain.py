@@ -14,19 +14,9 @@ import redis
 
 from tests.e2e.conftest import OpenPage
 from tests.e2e.test_classroom import joined, media_flowing
-from tests.multiproc import Fleet, http_json
+from tests.multiproc import Fleet
 
 pytestmark = [pytest.mark.browser, pytest.mark.multiprocess]
-
-
-async def wait_nodes(fleet: Fleet, count: int) -> None:
-    orchestrator = fleet.procs["orchestrator"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if (http_json(f"{orchestrator.url}/healthz")[1] or {}).get("nodes") == count:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the orchestrator does not see {count} media nodes")
 
 
 async def freezes(pages: list[Any]) -> list[int]:
@@ -43,7 +33,7 @@ async def test_draining_a_node_moves_its_class_without_a_freeze(
     fleet = Fleet(tmp_path, redis_server.url, {"eu-central": ["eu-1", "eu-2"]})
     try:
         fleet.start_all()
-        await wait_nodes(fleet, 2)
+        await fleet.wait_nodes(2)
         pages = []
         for name in ("Ana", "Ben", "Cleo"):
             page, _ = await open_page(fleet.join_url("drained", name))

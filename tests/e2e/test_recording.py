@@ -155,6 +155,7 @@ async def recorded(request: pytest.FixtureRequest, tmp_path: Path, redis_server:
             fleet.start_recorder(worker)
         for worker in WORKERS:
             fleet.procs[worker].wait_ready()
+        await fleet.wait_nodes(1)
         store = await Store.open(default_database_url(tmp_path / "data"))
         _, key = await create_api_key(store, "test", ["admin"])
         yield RecordedClass(fleet, store, f"{fleet.procs['orchestrator'].url}/v1", key)

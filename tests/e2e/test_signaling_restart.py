@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.conftest import OpenPage
 from tests.e2e.test_classroom import joined, media_flowing
-from tests.e2e.test_drain import freezes, wait_nodes
+from tests.e2e.test_drain import freezes
 from tests.multiproc import Fleet
 
 pytestmark = [pytest.mark.browser, pytest.mark.multiprocess]
@@ -22,7 +22,7 @@ async def test_restarting_signaling_keeps_media_flowing(tmp_path: Path, redis_se
     fleet = Fleet(tmp_path, redis_server.url, {"eu-central": ["eu-1"]})
     try:
         fleet.start_all()
-        await wait_nodes(fleet, 1)
+        await fleet.wait_nodes(1)
         pages = []
         for name in ("Ana", "Ben", "Cleo"):
             page, _ = await open_page(fleet.join_url("steady", name))

@@ -188,16 +188,6 @@ def metric(url: str, family: str, **labels: str) -> dict[str, float]:
     return out
 
 
-async def wait_nodes(fleet: Fleet, count: int) -> None:
-    url = fleet.procs["orchestrator"].url
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if (http_json(f"{url}/healthz")[1] or {}).get("nodes") == count:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the orchestrator does not see {count} media nodes")
-
-
 async def join_room(fleet: Fleet, room: str, names: tuple[str, ...]) -> list[ClassroomClient]:
     clients = []
     for name in names:
@@ -247,7 +237,7 @@ async def test_rooms_spread_over_workers_and_a_killed_worker_s_room_comes_back(
     try:
         start(fleet, ("eu-wk", 2))
         node = fleet.procs["eu-wk"]
-        await wait_nodes(fleet, 1)
+        await fleet.wait_nodes(1)
         room_a = await join_room(fleet, "front-a", ("Ana", "Ben"))
         room_b = await join_room(fleet, "front-b", ("Cleo", "Dev"))
         clients = room_a + room_b
@@ -319,12 +309,12 @@ async def test_draining_a_front_moves_its_rooms_and_exits_0(tmp_path: Path, redi
     clients: list[ClassroomClient] = []
     try:
         start(fleet, ("eu-fr", 2))
-        await wait_nodes(fleet, 1)
+        await fleet.wait_nodes(1)
         clients = await join_room(fleet, "front-drain", ("Eve", "Finn"))
         await eventually(lambda: everyone_sees_everyone(clients), within=30)
         single = fleet.start_media("eu-one")  # somewhere to move to: a single-process node
         single.wait_ready(60)
-        await wait_nodes(fleet, 2)
+        await fleet.wait_nodes(2)
         front = fleet.procs["eu-fr"]
         _rooms, workers = placement(front)
         pids = [w["pid"] for w in workers.values()]
