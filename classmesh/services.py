@@ -130,13 +130,17 @@ def build_recorder(
     from recorder.worker import RecorderConfig, RecorderWorker
 
     target = storage_from_url(str(storage))
-    local = isinstance(target, LocalStorage)
-    if not local and spool is None:
+    upload = None
+    if isinstance(target, LocalStorage):
+        spool = target.root
+    elif spool is None:
         raise ValueError("a recorder with a storage URL needs --spool, a local directory to write segments into")
+    else:
+        upload = target
     config = RecorderConfig(
         worker_id=worker_id,
-        spool=target.root if isinstance(target, LocalStorage) else spool,  # type: ignore[arg-type]
-        upload=None if local else target,
+        spool=spool,
+        upload=upload,
         public_url=public_url or _url(host, port),
         region=region,
         version=version,

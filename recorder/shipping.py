@@ -112,10 +112,10 @@ class SegmentShipper:
             batch = self._queue[0]
             try:
                 await self._upload(batch)
-            except StorageError as exc:
+            except Exception as exc:  # anything (also a spool file that cannot be read) is retried, never dropped
                 if self.error is None:
                     self.failing_since = time.time()
-                self.error = exc
+                self.error = exc if isinstance(exc, StorageError) else StorageError(str(exc), path=batch[0], cause=exc)
                 metrics.UPLOAD_FAILURES.inc()
                 logger.error("spool=%s upload of %s failed (retry in %.0f s): %s", self.spool, batch[0], delay, exc)
                 await asyncio.sleep(delay)
@@ -131,7 +131,7 @@ class SegmentShipper:
     async def _upload(self, batch: Batch) -> None:
         for path in batch:
             if not path.exists():
-                continue  # an earlier attempt uploaded and deleted it, then failed on its partner
+                continue  # removed from the spool by someone else: nothing left to upload
             info = await self.storage.put(self.key(path), path)
             self.uploaded_bytes += info.size
             self.uploads += 1
