@@ -122,6 +122,9 @@ class ReorderBuffer:
                 return [], 0
             self._expected = min(self._pending)
             return self._release(packet.arrival), 0
+        if packet.seq == self._expected and not self._pending:  # in order, nothing waiting: the common case
+            self._expected += 1
+            return [packet], 0
         if packet.seq < self._expected or packet.seq in self._pending:
             return [], 1
         if packet.seq - self._expected > 3000:  # the stream restarted far ahead: resynchronise

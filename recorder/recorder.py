@@ -40,7 +40,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from core.bus import Bus, Subscription
 from core.messages import node_rpc, participant_channel
 from media.forwarding import ReceiverTap, rtc_configuration, transceiver_codecs
-from media.rtp import SenderReport, build_nack, build_pli, is_rtcp, parse_rtcp, parse_rtp, seq_diff
+from media.rtp import SenderReport, build_nack, build_pli, is_rtcp, parse_rtcp, parse_rtp
 
 from . import metrics
 from .clock import TrackClock
@@ -93,6 +93,7 @@ class _Track:
     last_seq: int | None = None  # plain RTP: the highest sequence number seen, for NACKs
     streaming: bool = False  # its frames were released once; never held again
     bytes_metric: Any = None  # the labelled child of BYTES_WRITTEN, looked up once
+    unreported_bytes: int = 0  # written since the metric was last advanced (once a second, not per frame)
 
 
 _BWE_LINE = re.compile(r"^a=(extmap:\d+ \S*abs-send-time|rtcp-fb:\d+ goog-remb)\b.*$")
@@ -250,6 +251,7 @@ class Recorder:
             self._by_ssrc[ssrc] = state
 
     def _on_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        """One datagram from the plain RTP socket. The per-packet path of a recording: kept to a few calls."""
         if is_rtcp(data):
             try:
                 messages = parse_rtcp(data)
@@ -268,18 +270,20 @@ class Recorder:
         if state is None:
             return  # a track we were not told about (yet): its first keyframe request comes with the writer
         self._node_addr = addr
-        if state.last_seq is None:
-            state.last_seq = packet.sequence_number
-        else:
-            ahead = seq_diff(packet.sequence_number, state.last_seq)
-            if ahead > 0:
-                if 1 < ahead <= 64:  # a hole: ask the node's packet cache once (the depacketizer waits for it)
-                    lost = [(state.last_seq + i) & 0xFFFF for i in range(1, ahead)]
-                    self._send_rtcp(build_nack(self._rtcp_ssrc, packet.ssrc, lost))
-                    self.nacks_sent += len(lost)
-                    metrics.NACKED_PACKETS.inc(len(lost))
-                state.last_seq = packet.sequence_number
-        self._on_packet(state, packet, now)
+        seq = packet.sequence_number
+        last = state.last_seq
+        if last is None:
+            state.last_seq = seq
+        elif (ahead := (seq - last) & 0xFFFF) < 0x8000:  # ahead of the highest seen (not a late one)
+            if 1 < ahead <= 64:  # a hole: ask the node's packet cache once (the depacketizer waits for it)
+                lost = [(last + i) & 0xFFFF for i in range(1, ahead)]
+                self._send_rtcp(build_nack(self._rtcp_ssrc, packet.ssrc, lost))
+                self.nacks_sent += len(lost)
+                metrics.NACKED_PACKETS.inc(len(lost))
+            state.last_seq = seq
+        frames = state.depacketizer.push(seq, packet.timestamp, packet.marker, packet.payload, now)
+        if frames:  # most video packets complete no frame
+            self._write(state, frames)
 
     async def _drain_loop(self) -> None:
         """Read the plain RTP socket every ``plain_batch_s``, everything queued at once: one wakeup per batch
@@ -300,7 +304,7 @@ class Recorder:
         size plus ~1 KiB of kernel bookkeeping)."""
         sock = self._udp
         used = 0
-        if sock is not None:
+        if sock is not None and self._error is None and not self._closed:
             now = time.time()  # one arrival time per batch: the packets waited in the socket together
             for _ in range(20000):
                 try:
@@ -312,7 +316,7 @@ class Recorder:
                     continue
                 used += len(data) + 1024
                 try:
-                    self._on_datagram(data, (str(addr[0]), int(addr[1])), now)
+                    self._on_datagram(data, addr, now)
                 except Exception:  # one bad datagram must not stop the recording
                     logger.exception("copy=%s bad datagram from %s", self.config.copy_id, addr)
         return used
@@ -378,7 +382,14 @@ class Recorder:
             state.tap.close()
         self._write(state, state.depacketizer.flush())
         self._release(state, force=True)
+        self._count_bytes(state)
         self.writer.remove_track(state.info.track_id)
+
+    @staticmethod
+    def _count_bytes(state: _Track) -> None:
+        if state.unreported_bytes:
+            state.bytes_metric.inc(state.unreported_bytes)
+            state.unreported_bytes = 0
 
     # -- media ---------------------------------------------------------------------------------
 
@@ -388,14 +399,23 @@ class Recorder:
         frames = state.depacketizer.push(
             packet.sequence_number, packet.timestamp, bool(packet.marker), packet.payload, now
         )
-        self._write(state, frames)
+        if frames:
+            self._write(state, frames)
 
     def _write(self, state: _Track, frames: list[EncodedFrame]) -> None:
         for frame in frames:
             state.clock.observe(frame.timestamp, frame.arrival)
-            state.held.append(frame)
-            if state.first_arrival is None:
-                state.first_arrival = frame.arrival
+        if state.streaming:  # the steady state: straight to the writer
+            if self._error is None:
+                try:
+                    for frame in frames:
+                        self._put(state, frame)
+                except StorageError as exc:
+                    self._storage_failed(exc)
+            return
+        if frames and state.first_arrival is None:
+            state.first_arrival = frames[0].arrival
+        state.held += frames
         self._release(state, force=False)
 
     def _ready(self, state: _Track, now: float) -> bool:
@@ -427,14 +447,16 @@ class Recorder:
             batch.sort(key=lambda item: item[0].clock.wall(item[1].timestamp))
         try:
             for s, frame in batch:
-                self.writer.write(
-                    s.info.track_id, frame, s.clock.wall(frame.timestamp), clock=s.clock.source or "arrival"
-                )
-                s.bytes_metric.inc(len(frame.data))
-                if frame.after_loss:
-                    metrics.GAPS.labels(s.info.kind).inc()
+                self._put(s, frame)
         except StorageError as exc:
             self._storage_failed(exc)
+
+    def _put(self, state: _Track, frame: EncodedFrame) -> None:
+        clock = state.clock
+        self.writer.write(state.info.track_id, frame, clock.wall(frame.timestamp), clock=clock.source or "arrival")
+        state.unreported_bytes += len(frame.data)  # into the metric with the next progress report
+        if frame.after_loss:
+            metrics.GAPS.labels(state.info.kind).inc()
 
     def _storage_failed(self, exc: StorageError) -> None:
         if self._error is None:
@@ -474,6 +496,8 @@ class Recorder:
         )
 
     def _report(self) -> None:
+        for state in self._tracks.values():
+            self._count_bytes(state)
         if self._on_progress is not None:
             try:
                 self._on_progress(self.progress())
