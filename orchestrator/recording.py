@@ -64,6 +64,10 @@ COVERAGE = Histogram(
     "Coverage of finished recordings (recorded seconds / seconds of media sent)",
     buckets=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0),
 )
+REBUILT = Counter(
+    "classmesh_orchestrator_recordings_rebuilt_total",
+    "Failed recordings built again because a copy's segments were uploaded after the assembly",
+)
 BOTH_DOWN = Gauge("classmesh_orchestrator_recordings_without_copy", "Live recorded sessions with no healthy copy")
 
 LIVE = (SessionStatus.PROVISIONED, SessionStatus.LIVE)
@@ -83,6 +87,7 @@ class RecordingConfig:
     stop_timeout: float = 15.0
     end_grace_s: float = 60.0  # after the session ended, wait at most this long for jobs to stop
     upload_alert_after: float = 10.0  # a worker's uploads (S3) failing this long opens recording_upload_failing
+    upload_wait_s: float = 600.0  # a copy stopped with segments not uploaded yet holds the assembly this long
 
 
 @dataclass
@@ -126,6 +131,7 @@ class RecordingCoordinator:
         self._recent: dict[str, list[float]] = {}  # worker -> when jobs were just assigned to it
         self._lead_since = time.monotonic()
         self._upload_alerted: dict[str, float] = {}  # worker -> when its upload failure was last raised (monotonic)
+        self._late: set[str] = set()  # sessions whose segments arrived while their recording was being assembled
 
     # ------------------------------------------------------------------------------------------ loop
     async def run(self, fencing_token: int) -> None:
@@ -156,6 +162,10 @@ class RecordingCoordinator:
             self.observe(message)
 
     def observe(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "uploaded":
+            session_id = str(message.get("session_id"))
+            self._spawn(self._uploaded(session_id, message.get("copy_id")), f"recording:uploaded:{session_id}")
+            return
         job_id = message.get("job_id")
         if not isinstance(job_id, str):
             return
@@ -409,7 +419,7 @@ class RecordingCoordinator:
             "session=%s slot=%s job=%s worker=%s failed (%s): replaced by job=%s",
             *(session.session_id, job.slot, job.job_id, job.worker_id, cause, new.job_id),
         )
-        self._spawn(self._stop_worker_job(job, f"replaced: {cause}"), f"recording:stop:{job.job_id}")
+        self._spawn(self._stop_worker_job(job, f"replaced: {cause}"), f"recording:stop:{job.session_id}:{job.job_id}")
         if error is not None:
             kind = "recorder_storage_full" if cause == "storage_full" else "recorder_storage_error"
             with contextlib.suppress(Exception):
@@ -459,7 +469,7 @@ class RecordingCoordinator:
         if now - since < self.config.handover_s:
             return
         del self._handovers[job.job_id]
-        self._spawn(self._stop_worker_job(old, "handed over"), f"recording:handover:{old.job_id}")
+        self._spawn(self._stop_worker_job(old, "handed over"), f"recording:handover:{old.session_id}:{old.job_id}")
 
     async def _track_both_down(self, session: Session, healthy: int) -> None:
         sid = session.session_id
@@ -527,7 +537,8 @@ class RecordingCoordinator:
             )
         except (InvalidStateError, NotFoundError):
             return
-        self._spawn(self._stop_and_note(job), f"recording:end:{job.job_id}")
+        # named after the session: its recording is not assembled before every copy answered its stop (_tasks_for)
+        self._spawn(self._stop_and_note(job), f"recording:end:{job.session_id}:{job.job_id}")
 
     async def _stop_and_note(self, job: RecordingJob) -> None:
         result: dict[str, Any] | None = None
@@ -556,7 +567,7 @@ class RecordingCoordinator:
             if session.status not in OVER:
                 continue
             jobs = await self._store.recording_jobs(session.session_id)
-            if any(j.status in (RecordingJobStatus.PENDING, *RUNNING) for j in jobs):
+            if any(j.status in (RecordingJobStatus.PENDING, *RUNNING) or self._uploading(j) for j in jobs):
                 continue
             if self._tasks_for(session.session_id):
                 continue
@@ -568,6 +579,39 @@ class RecordingCoordinator:
                 self._finalizing.add(recording.session_id)
                 name = f"recording:finalize:{recording.session_id}"
                 self._spawn(self.finalize(recording.session_id, resume=True), name)
+
+    def _uploading(self, job: RecordingJob) -> bool:
+        """A copy stopped with segments still waiting in its worker's spool (S3 unreachable at the end of the class):
+        the assembly waits for its ``uploaded`` while the worker lives, at most ``upload_wait_s`` after the job
+        ended. A recording assembled without them is built again when they arrive (``_uploaded``)."""
+        if not (job.progress or {}).get("uploads_pending") or job.ended_at is None or job.worker_id is None:
+            return False
+        if self._registry.get(job.worker_id) is None:
+            return False
+        return datetime.now(UTC) - job.ended_at < timedelta(seconds=self.config.upload_wait_s)
+
+    async def _uploaded(self, session_id: str, copy_id: object) -> None:
+        """A worker stored the last waiting segments of a copy of ``session_id`` after its job ended."""
+        for job in await self._store.recording_jobs(session_id):
+            if job.copy_id == copy_id and (job.progress or {}).get("uploads_pending"):
+                with contextlib.suppress(InvalidStateError, NotFoundError):
+                    await self._store.update_recording_job(
+                        job.job_id, progress={**(job.progress or {}), "uploads_pending": 0}
+                    )
+        recording = await self._store.recording_of(session_id)
+        if recording is None:
+            return
+        if recording.status == "assembling":
+            self._late.add(session_id)  # the build running now may have missed them: finalize() reopens it
+        elif recording.status == "failed":
+            await self._rebuild(session_id)
+
+    async def _rebuild(self, session_id: str) -> None:
+        """Assemble a failed recording again, with the segments that arrived since (the next round picks it up)."""
+        with contextlib.suppress(InvalidStateError, NotFoundError):
+            await self._store.upsert_recording(session_id, status="recording", if_status="failed")
+            REBUILT.inc()
+            logger.info("session=%s late segments arrived: building the recording again", session_id)
 
     def _tasks_for(self, session_id: str) -> bool:
         return any(not t.done() and session_id in t.get_name() for t in self._tasks)
@@ -613,10 +657,15 @@ class RecordingCoordinator:
                             "problems": list(result.problems),
                         },
                     )
+            else:  # whole now: an earlier build missing late-uploaded segments is no longer an exception
+                await self._store.resolve_exception_key(f"recording_incomplete:{session_id}")
             self._on_events()
+            if not result.ok and session_id in self._late:
+                await self._rebuild(session_id)
         except Exception:
             logger.exception("session=%s: building the recording failed", session_id)
         finally:
+            self._late.discard(session_id)
             self._finalizing.discard(session_id)
             for memo in (self._sessions, self._first_seen, self._both_down):
                 memo.pop(session_id, None)
@@ -644,4 +693,4 @@ class RecordingCoordinator:
 def _summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
     if result is None:
         return None
-    return {k: result.get(k) for k in ("bytes", "segments", "gaps", "parts", "error")}
+    return {k: result.get(k) for k in ("bytes", "segments", "gaps", "parts", "error", "uploads_pending")}

@@ -83,8 +83,13 @@ class SegmentShipper:
         """Batches waiting whose keys start with ``prefix`` (a session or a copy directory)."""
         return sum(1 for batch in self._queue if self.key(batch[0]).startswith(prefix))
 
-    async def flush(self, prefix: str, timeout: float) -> int:
-        """Wait until nothing under ``prefix`` waits for upload, at most ``timeout`` s; returns what is left."""
+    def waiting(self) -> list[str]:
+        """The keys of the segments waiting for upload, oldest first."""
+        return [self.key(batch[0]) for batch in self._queue]
+
+    async def flush(self, prefix: str, timeout: float | None) -> int:
+        """Wait until nothing under ``prefix`` waits for upload, at most ``timeout`` s (None: as long as it takes);
+        returns what is left."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout), self._shipped:
                 await self._shipped.wait_for(lambda: self.pending(prefix) == 0)

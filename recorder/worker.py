@@ -108,12 +108,16 @@ class RecorderWorker(Service):
         self._closing: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()  # set whenever a job ends (the drain waits on it)
         self._shipper = SegmentShipper(config.upload, config.spool) if config.upload is not None else None
+        self._announcing: dict[str, asyncio.Task[None]] = {}  # copy prefix -> waits for its last uploads
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.config.spool.mkdir(parents=True, exist_ok=True)
         if self._shipper is not None:
             self._shipper.start()
+            for key in self._shipper.waiting():  # a dead predecessor's segments: their jobs have ended
+                session_id, copy_id = key.split("/")[:2]
+                self._announce_uploaded(f"{session_id}/{copy_id}/", None)
         if self.config.ice_addresses:
             configure_ice(list(self.config.ice_addresses))
         self._serving = await self._bus.serve(recorder_rpc(self.config.worker_id), self._handle)
@@ -146,6 +150,11 @@ class RecorderWorker(Service):
             self._ticker = None
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._shipper is not None:
+            await self._shipper.close()  # what is still not uploaded stays in the spool for the next start
+        for task in list(self._announcing.values()):
+            task.cancel()
+        await asyncio.gather(*self._announcing.values(), return_exceptions=True)
         await self._heartbeat.close()
 
     def health(self) -> dict[str, Any]:
@@ -286,7 +295,9 @@ class RecorderWorker(Service):
         async with job.lock:
             await self._close_parts(job)
         if self._shipper is not None:
-            await self._shipper.flush(f"{job.session_id}/{job.copy_id}/", self.config.upload_flush_s)
+            prefix = f"{job.session_id}/{job.copy_id}/"
+            if await self._shipper.flush(prefix, self.config.upload_flush_s):
+                self._announce_uploaded(prefix, job_id)  # the recording may be assembled without them: tell later
         result = self._progress(job)
         self._jobs.pop(job_id, None)
         with contextlib.suppress(BusError):
@@ -300,6 +311,39 @@ class RecorderWorker(Service):
             *(self.config.worker_id, job_id, reason, result["bytes"], result["segments"]),
         )
         return result
+
+    def _announce_uploaded(self, prefix: str, job_id: str | None) -> None:
+        """Once the last waiting segment under ``prefix`` (``<session>/<copy_id>/``) is stored, publish ``uploaded``
+        on ``RECORDING_PROGRESS``: the coordinator holds the assembly for it, or builds the recording again if it
+        was assembled without those segments. For a stopped job whose uploads outlasted ``upload_flush_s``, and for
+        what a dead predecessor left in the spool (``job_id`` None)."""
+        if prefix in self._announcing:
+            return
+        task = asyncio.create_task(self._announce(prefix, job_id), name=f"recorder-uploaded:{prefix}")
+        self._announcing[prefix] = task
+        task.add_done_callback(lambda _: self._announcing.pop(prefix, None))
+
+    async def _announce(self, prefix: str, job_id: str | None) -> None:
+        assert self._shipper is not None
+        await self._shipper.flush(prefix, None)
+        session_id, copy_id = prefix.split("/")[:2]
+        message = {
+            "type": "uploaded",
+            "session_id": session_id,
+            "copy_id": copy_id,
+            "job_id": job_id,
+            "worker_id": self.config.worker_id,
+        }
+        delay = 1.0
+        while True:
+            try:
+                await self._bus.publish(RECORDING_PROGRESS, message)
+                break
+            except BusError as exc:
+                logger.warning("worker=%s announcing %s failed (retrying): %s", self.config.worker_id, prefix, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        logger.info("worker=%s %s uploaded after its job ended", self.config.worker_id, prefix)
 
     def _ship(self, info: SegmentInfo) -> None:
         assert self._shipper is not None and info.path

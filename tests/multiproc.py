@@ -109,10 +109,12 @@ class Fleet:
         *,
         version: str = "1",
         storage: str | None = None,
+        recorder_storage: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         """``storage``: the recordings storage URL (S3) for the orchestrator and the recorders, with ``env`` (its
-        credentials) given to both; by default they share the directory ``recordings``."""
+        credentials) given to both; by default they share the directory ``recordings``. ``recorder_storage``: the
+        recorders' URL when it differs (the same store reached another way, e.g. through a ``TcpGate``)."""
         from core.tokens import TokenIssuer, load_or_create_dev_keys
 
         self.tmp = tmp
@@ -128,6 +130,7 @@ class Fleet:
         self.version = version
         self.signaling_port = free_port()
         self.storage = storage
+        self.recorder_storage = recorder_storage or storage
         self.env = env or {}
 
     def common(self, port: int) -> list[str]:
@@ -217,11 +220,11 @@ class Fleet:
             "--region",
             region,
             "--storage",
-            str(storage or self.storage or self.recordings),
+            str(storage or self.recorder_storage or self.recordings),
             "--ice-address",
             "127.0.0.1",
         ]
-        if self.storage and storage is None:
+        if self.recorder_storage and storage is None:
             args += ["--spool", str(self.tmp / "spool" / worker_id)]
         proc = ServiceProcess(worker_id, args, self.logs, port, self.env)
         self.procs[worker_id] = proc

@@ -1130,6 +1130,17 @@ class Store(RecordingsStore):
             row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exc_id))).one()
         return _exception(row)
 
+    async def resolve_exception_key(self, dedup_key: str) -> bool:
+        """Resolve the open exception with ``dedup_key`` once its cause is gone; False when there is none open."""
+        now = _now()
+        async with self.transaction() as c:
+            result = await c.execute(
+                t.exceptions.update()
+                .where(t.exceptions.c.dedup_key == dedup_key, t.exceptions.c.status != ExceptionStatus.RESOLVED.value)
+                .values(status=ExceptionStatus.RESOLVED.value, resolved_at=now, updated_at=now)
+            )
+        return bool(result.rowcount)
+
     async def set_exception_status(
         self,
         exception_id: str,

@@ -44,12 +44,14 @@ from orchestrator.store.models import (
     Subject,
     WeeklyWindow,
 )
+from tests.gate import TcpGate
 from tests.multiproc import Fleet, http_json
 from tests.seaweed import BUCKET, SeaweedFS, s3_env
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
 
 WORKERS = ("rec-1", "rec-2")  # a test that needs a spare worker starts "rec-3" itself
+FINAL = ("ready", "failed")
 
 
 async def book_recorded(store: Store, tag: str, *, start_in: timedelta = timedelta(0)) -> str:
@@ -85,16 +87,19 @@ async def book_recorded(store: Store, tag: str, *, start_in: timedelta = timedel
     return str(sessions[0].session_id)
 
 
-async def wait_recording(api: str, key: str, session_id: str, timeout: float = 90.0) -> dict[str, Any]:
-    """End the session through the API and wait for its recording to be built."""
+async def wait_recording(
+    api: str, key: str, session_id: str, timeout: float = 90.0, *, end: bool = True, until: tuple[str, ...] = FINAL
+) -> dict[str, Any]:
+    """End the session through the API (unless ``end`` is False) and wait for its recording to reach ``until``."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
-        async with http.post(f"{api}/sessions/{session_id}/end") as resp:
-            assert resp.status == 200, await resp.text()
+        if end:
+            async with http.post(f"{api}/sessions/{session_id}/end") as resp:
+                assert resp.status == 200, await resp.text()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             async with http.get(f"{api}/recordings", params={"session_id": session_id}) as resp:
                 items = (await resp.json())["items"]
-            if items and items[0]["status"] in ("ready", "failed"):
+            if items and items[0]["status"] in until:
                 return items[0]  # type: ignore[no-any-return]
             await asyncio.sleep(0.5)
     raise AssertionError(f"the recording of {session_id} was not built within {timeout}s")
@@ -106,6 +111,7 @@ class RecordedClass:
     store: Store
     api: str
     key: str
+    gate: TcpGate | None = None  # between the recorder workers and S3 ("s3-gated")
 
     async def book(self, *, start_in: timedelta = timedelta(0)) -> str:
         return await book_recorded(self.store, "c", start_in=start_in)
@@ -140,12 +146,26 @@ class RecordedClass:
 
 @pytest.fixture
 async def recorded(request: pytest.FixtureRequest, tmp_path: Path, redis_server: Any) -> AsyncIterator[RecordedClass]:
-    """The fleet; a test parametrized with ``recorded`` = "s3" records into a real S3 server (SeaweedFS)."""
-    if getattr(request, "param", "local") == "s3":
+    """The fleet; a test parametrized with ``recorded`` = "s3" records into a real S3 server (SeaweedFS), with
+    "s3-gated" the recorder workers reach it through a ``TcpGate`` the test can close."""
+    param = getattr(request, "param", "local")
+    gate: TcpGate | None = None
+    if param in ("s3", "s3-gated"):
         server: SeaweedFS = request.getfixturevalue("seaweedfs")
         prefix = f"e2e-{uuid.uuid4().hex[:8]}"
         storage = f"s3://{BUCKET}/{prefix}?endpoint={server.endpoint}"
-        fleet = Fleet(tmp_path, redis_server.url, {"eu-central": ["eu-1"]}, storage=storage, env=s3_env())
+        workers = None
+        if param == "s3-gated":
+            gate = await TcpGate("127.0.0.1", server.port).start()
+            workers = f"s3://{BUCKET}/{prefix}?endpoint=http://127.0.0.1:{gate.port}"
+        fleet = Fleet(
+            tmp_path,
+            redis_server.url,
+            {"eu-central": ["eu-1"]},
+            storage=storage,
+            recorder_storage=workers,
+            env=s3_env(),
+        )
     else:
         fleet = Fleet(tmp_path, redis_server.url, {"eu-central": ["eu-1"]})
     store: Store | None = None
@@ -158,12 +178,14 @@ async def recorded(request: pytest.FixtureRequest, tmp_path: Path, redis_server:
         await fleet.wait_nodes(1)
         store = await Store.open(default_database_url(tmp_path / "data"))
         _, key = await create_api_key(store, "test", ["admin"])
-        yield RecordedClass(fleet, store, f"{fleet.procs['orchestrator'].url}/v1", key)
+        yield RecordedClass(fleet, store, f"{fleet.procs['orchestrator'].url}/v1", key, gate)
     finally:
         if store is not None:
             await store.close()
         codes = fleet.stop_all()
         print("\nexit codes:", codes)
+        if gate is not None:
+            await gate.stop()
 
 
 class Participants:
@@ -272,6 +294,54 @@ async def test_a_recorder_killed_mid_class_loses_no_second(
     frames = decode_all(path)
     assert sorted(k.split(":")[1] for k in frames) == ["audio", "audio", "video", "video"]
     assert all(n > 0 for n in frames.values()), frames
+
+
+@pytest.mark.parametrize("recorded", ["s3-gated"], indirect=True)
+async def test_segments_uploaded_after_the_class_are_not_lost(recorded: RecordedClass, class_media: Path) -> None:
+    """S3 is unreachable from the workers for the end of the class: the assembly waits for their last segments
+    while the workers live; assembled without them (both workers died) the recording is failed, and built again,
+    whole, once restarted workers upload what their spools kept."""
+    assert recorded.gate is not None
+    session_id = await recorded.book()
+    clients = await participants(recorded.fleet, session_id, class_media)
+    try:
+        await recorded.wait_jobs(session_id, recording_two)
+        await asyncio.sleep(8)
+        recorded.gate.close_gate()
+        await asyncio.sleep(4)
+    finally:
+        await clients.close()
+    api = (recorded.api, recorded.key, session_id)
+    status, _ = await recorded.call("POST", f"/sessions/{session_id}/end")
+    assert status == 200
+
+    def stopped_with_uploads_pending(jobs: list[RecordingJob]) -> bool:
+        done = [j for j in jobs if j.status is RecordingJobStatus.DONE]
+        return len(done) == 2 and all((j.progress or {}).get("uploads_pending") for j in done)
+
+    await recorded.wait_jobs(session_id, stopped_with_uploads_pending, timeout=45)
+    await asyncio.sleep(3)
+    status, listing = await recorded.call("GET", f"/recordings?session_id={session_id}")
+    assert listing["items"][0]["status"] == "recording", listing  # not assembled while the workers hold segments
+
+    for worker in WORKERS:  # the segments stay in the dead workers' spools
+        recorded.fleet.procs[worker].kill()
+    failed = await wait_recording(*api, timeout=60, end=False)
+    assert failed["status"] == "failed" and failed["gaps"], failed
+    (incomplete,) = await recorded.exceptions("recording_incomplete")
+    assert incomplete.status.value == "open"
+
+    recorded.gate.open_gate()
+    for worker in WORKERS:  # restarted on the same spools: they upload the leftovers and say so
+        recorded.add_worker(worker)
+    ready = await wait_recording(*api, timeout=90, end=False, until=("ready",))
+    print(f"\nlate segments: failed with gaps {failed['gaps']}, then ready with coverage {ready['coverage']}")
+    assert ready["coverage"] == 1.0 and ready["gaps"] == [], ready
+    (resolved,) = await recorded.exceptions("recording_incomplete")
+    assert resolved.status.value == "resolved"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{recorded.fleet.procs['orchestrator'].url}/metrics") as resp:
+            assert "classmesh_orchestrator_recordings_rebuilt_total 1.0" in await resp.text()
 
 
 async def test_both_recorders_killed_report_the_exact_gap(recorded: RecordedClass, class_media: Path) -> None:
