@@ -3,6 +3,8 @@ remote participant's video, over N joins into a room where one participant is al
 
 The baseline in the same run is the same page's first frame of its *own* camera (getUserMedia, no network):
 the ratio says how much the join itself (signaling, placement, ICE, DTLS, keyframe) adds on this machine.
+``connected_to_first_remote_frame_ms`` splits off the wait for a keyframe once the page's connection is up, and
+``node`` says how many joins started on a replayed keyframe and how fast the publisher answered keyframe requests.
 
     .venv/bin/python bench/join_latency.py --joins 20
 
@@ -25,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from playwright.async_api import async_playwright
+from prometheus_client import REGISTRY
 
 from classmesh.dev import build_stack
 from core.bus import LocalBus
@@ -37,6 +40,23 @@ from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def node_figures() -> dict[str, Any]:
+    """The media node's own view (it runs in this process): how many new video outputs started from a replayed
+    keyframe, how many keyframe requests went to the publisher, and how long its keyframes took to come."""
+    labels = {"node": "eu-1"}
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    answered = value("classmesh_media_keyframe_response_seconds_count")
+    waited = value("classmesh_media_keyframe_response_seconds_sum")
+    return {
+        "keyframe_replays": value("classmesh_media_keyframe_replays_total"),
+        "plis_sent": value("classmesh_media_plis_sent_total"),
+        "keyframe_response_ms_mean": round(waited / answered * 1000, 1) if answered else None,
+    }
 
 
 async def main(joins: int) -> dict[str, Any]:
@@ -72,6 +92,7 @@ async def main(joins: int) -> dict[str, Any]:
         remote: list[float] = []
         local: list[float] = []
         steps: dict[str, list[float]] = {}  # page event -> ms since the page started loading, per join
+        after_connect: list[float] = []  # the page's subscriber connection up -> first remote frame
         try:
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -109,8 +130,12 @@ async def main(joins: int) -> dict[str, Any]:
                     )
                     for text, ms in nav.items():
                         steps.setdefault(text, []).append(float(ms))
-                    for event in await page.evaluate("window.classmesh.events"):
+                    events = await page.evaluate("window.classmesh.events")
+                    for event in events:
                         steps.setdefault(event["text"], []).append(float(event["ms"]))
+                    connected = [float(e["ms"]) for e in events if e["text"] == "subscriber connected"]
+                    if connected:
+                        after_connect.append(remote[-1] - connected[0])
                     await page.evaluate("window.classmesh.leave()")
                     await ctx.close()
                 await host_ctx.close()
@@ -128,6 +153,11 @@ async def main(joins: int) -> dict[str, Any]:
             "max": max(remote),
             "all": [round(v) for v in remote],
         },
+        "connected_to_first_remote_frame_ms": {
+            "p50": statistics.median(after_connect) if after_connect else None,
+            "all": [round(v) for v in after_connect],
+        },
+        "node": node_figures(),
         "timeline_p50_ms": dict(
             sorted(
                 ((text, statistics.median(ms)) for text, ms in steps.items() if len(ms) >= joins / 2),

@@ -51,6 +51,13 @@ KEYFRAME_REPLAYS = Counter(
     "Video outputs started from the cached latest keyframe instead of waiting for a new one.",
     ["node"],
 )
+KEYFRAME_RESPONSE = Histogram(
+    "classmesh_media_keyframe_response_seconds",
+    "From a keyframe request (PLI) to a publisher to the first packet of its next keyframe: what a new subscriber"
+    " waits for when no cached keyframe is fresh enough to replay.",
+    ["node"],
+    buckets=(0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0),
+)
 VIDEO_PAUSES = Counter(
     "classmesh_media_video_pauses_total", "Video outputs paused for lack of subscriber bandwidth.", ["node"]
 )
@@ -93,6 +100,7 @@ class NodeMetrics:
     nacks_forwarded: Counter
     plis_sent: Counter
     keyframe_replays: Counter
+    keyframe_response: Histogram
     video_pauses: Counter
     forward_rejected: Counter
     loss: Histogram
@@ -129,6 +137,7 @@ def bind(node: str) -> NodeMetrics:
             nacks_forwarded=NACKS_FORWARDED.labels(node),
             plis_sent=PLIS_SENT.labels(node),
             keyframe_replays=KEYFRAME_REPLAYS.labels(node),
+            keyframe_response=KEYFRAME_RESPONSE.labels(node),
             video_pauses=VIDEO_PAUSES.labels(node),
             forward_rejected=FORWARD_REJECTED.labels(node),
             loss=SUBSCRIBER_LOSS.labels(node),
@@ -153,6 +162,7 @@ _DATA_PLANE = (
     NACKS_FORWARDED,
     PLIS_SENT,
     KEYFRAME_REPLAYS,
+    KEYFRAME_RESPONSE,
     VIDEO_PAUSES,
     FORWARD_REJECTED,
     SUBSCRIBER_LOSS,

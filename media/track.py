@@ -3,7 +3,7 @@
 ``PublishedTrack`` (mediasoup's Producer): one track a participant publishes. States:
 pending (no packet yet) → live → closed. It caches recent packets for NACKs, measures its
 bitrate, reads audio levels, detects keyframes and fans each packet out to its outputs. Keyframe
-requests to the publisher are throttled to one per ``pli_interval``; a request inside the window
+requests to the publisher are throttled to one per ``pli_interval`` (``KEYFRAME_WINDOW``); a request inside the window
 is coalesced and sent when the window opens. The packets since the latest keyframe stay in the cache,
 so a subscriber whose connection comes up just after that keyframe passed starts on it at once (a
 "keyframe replay", at most ``replay_age`` old) instead of waiting for the next one.
@@ -60,6 +60,13 @@ class NodeLimits:
         self._forwarded = max(0, self._forwarded - 1)
 
 
+#: Both how old a keyframe a new output may replay and how often keyframes are requested from a publisher. Equal
+#: on purpose: a new output then either replays a keyframe or its request goes out at once. With requests
+#: throttled to one a second, a subscriber arriving 0.5-1 s after the last request waited up to half a second
+#: for the throttle (measured: most joins of bench/join_latency.py).
+KEYFRAME_WINDOW = 0.5
+
+
 class PublishedTrack:
     def __init__(
         self,
@@ -72,7 +79,7 @@ class PublishedTrack:
         metrics: NodeMetrics,
         on_audio_level: Callable[[int, float], None] | None = None,
         cache_size: int = 512,
-        pli_interval: float = 1.0,
+        pli_interval: float = KEYFRAME_WINDOW,
     ) -> None:
         self.track_id = track_id
         self.participant_id = participant_id
@@ -92,7 +99,7 @@ class PublishedTrack:
         self.nacks_upstream = 0
         #: the oldest keyframe a new output may start from (seconds): older ones would put a burst of
         #: stale frames in front of the live ones
-        self.replay_age = 0.5
+        self.replay_age = KEYFRAME_WINDOW
         self._keyframe_seq: int | None = None  # first packet of the latest keyframe
         self._keyframe_ts = -1
         self._keyframe_at = -1e9
@@ -143,6 +150,8 @@ class PublishedTrack:
             if codec is not None and rtp.is_keyframe(codec.name, packet.payload):
                 keyframe = True
                 if packet.timestamp != self._keyframe_ts:  # H.264 marks several packets of one keyframe
+                    if self._last_pli > self._keyframe_at:  # the answer to our request (or a periodic one)
+                        self._metrics.keyframe_response.observe(now - self._last_pli)
                     self.keyframes += 1
                     self._keyframe_ts = packet.timestamp
                     self._keyframe_seq = packet.sequence_number
