@@ -56,6 +56,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/scheduling.py --scale 1
 	$(BIN)/python bench/scheduling.py --scale 10
 	$(BIN)/python bench/recording.py --publishers 3 --warmup 6 --window 20
+	scripts/in-loopback-netns.sh $(BIN)/python bench/join_latency.py --joins 20
 	for subs in 5 16 25; do $(BIN)/python bench/sfu_capacity.py --publishers 4 --subscribers-per-publisher $$subs \
 	  --no-audio --warmup 5 --duration 30 --baseline janus,mediarelay; done
 	$(BIN)/python bench/sfu_capacity.py --workers 1,2 --publishers 4 --subscribers-per-publisher 16 --warmup 5 --duration 30
