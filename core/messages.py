@@ -40,6 +40,12 @@ def recording_lease_key(job_id: str) -> str:
     return f"recording:{job_id}:lease"
 
 
+def recording_uploaded_key(session_id: str, copy_id: str) -> str:
+    """Set by a recorder worker (for a day) once every segment of a copy that waited in its spool after the copy's
+    job ended is stored: the coordinator's durable answer to the job's ``uploads_pending``."""
+    return f"recording:{session_id}:{copy_id}:uploaded"
+
+
 def revoked_token_key(token_id: str) -> str:
     """Present (until the token would expire anyway) when a join token was revoked: signaling refuses it."""
     return f"token:{token_id}:revoked"

@@ -110,6 +110,7 @@ class PublishedTrack:
         self._tap: ReceiverTap | None = None
         self._pli_interval = pli_interval
         self._last_pli = -1e9
+        self._pli_unanswered_since: float | None = None
         self._pli_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -150,8 +151,9 @@ class PublishedTrack:
             if codec is not None and rtp.is_keyframe(codec.name, packet.payload):
                 keyframe = True
                 if packet.timestamp != self._keyframe_ts:  # H.264 marks several packets of one keyframe
-                    if self._last_pli > self._keyframe_at:  # the answer to our request (or a periodic one)
-                        self._metrics.keyframe_response.observe(now - self._last_pli)
+                    if self._pli_unanswered_since is not None:  # the answer to our requests (or a periodic one)
+                        self._metrics.keyframe_response.observe(now - self._pli_unanswered_since)
+                        self._pli_unanswered_since = None
                     self.keyframes += 1
                     self._keyframe_ts = packet.timestamp
                     self._keyframe_seq = packet.sequence_number
@@ -210,6 +212,8 @@ class PublishedTrack:
         if self._tap is None or self.media_ssrc is None:
             return
         self._last_pli = now
+        if self._pli_unanswered_since is None:
+            self._pli_unanswered_since = now  # the publisher's turnaround counts from its first unanswered request
         self.plis_sent += 1
         self._metrics.plis_sent.inc()
         self._spawn(self._tap.send_pli(self.media_ssrc))

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.bus import Bus, BusError, Subscription
-from core.messages import RECORDING_PROGRESS, recorder_rpc, recording_lease_key, room_key
+from core.messages import RECORDING_PROGRESS, recorder_rpc, recording_lease_key, recording_uploaded_key, room_key
 from orchestrator.errors import InvalidStateError, NotFoundError
 from orchestrator.registry import NodeInfo, NodeRegistry
 from orchestrator.store import Store
@@ -84,10 +84,12 @@ class RecordingConfig:
     not_writing_after: float = 5.0  # bytes not growing for this long while the other copy's grow
     first_write_within: float = 15.0  # a new copy's first bytes (SR hold-back 4 s + first keyframes, in practice)
     handover_s: float = 2.0
-    stop_timeout: float = 15.0
+    stop_timeout: float = 30.0  # a stop closes the segments and waits up to upload_flush_s (10 s) for uploads
     end_grace_s: float = 60.0  # after the session ended, wait at most this long for jobs to stop
     upload_alert_after: float = 10.0  # a worker's uploads (S3) failing this long opens recording_upload_failing
     upload_wait_s: float = 600.0  # a copy stopped with segments not uploaded yet holds the assembly this long
+    late_window_s: float = 86400.0  # a failed recording is built again if its late segments arrive within this
+    late_sweep_s: float = 10.0  # how often failed recordings are checked for late segments (lost "uploaded")
 
 
 @dataclass
@@ -132,6 +134,7 @@ class RecordingCoordinator:
         self._lead_since = time.monotonic()
         self._upload_alerted: dict[str, float] = {}  # worker -> when its upload failure was last raised (monotonic)
         self._late: set[str] = set()  # sessions whose segments arrived while their recording was being assembled
+        self._late_swept = 0.0  # monotonic time of the last sweep of failed recordings for late segments
 
     # ------------------------------------------------------------------------------------------ loop
     async def run(self, fencing_token: int) -> None:
@@ -164,7 +167,7 @@ class RecordingCoordinator:
     def observe(self, message: dict[str, Any]) -> None:
         if message.get("type") == "uploaded":
             session_id = str(message.get("session_id"))
-            self._spawn(self._uploaded(session_id, message.get("copy_id")), f"recording:uploaded:{session_id}")
+            self._spawn(self._late_segments(session_id), f"recording:uploaded:{session_id}")
             return
         job_id = message.get("job_id")
         if not isinstance(job_id, str):
@@ -261,6 +264,7 @@ class RecordingCoordinator:
             await self._track_both_down(session, healthy)
         BOTH_DOWN.set(len(self._both_down))
         await self._finalize_due()
+        await self._sweep_late()
         self._forget(jobs)
 
     def _forget(self, active: list[RecordingJob]) -> None:
@@ -442,12 +446,16 @@ class RecordingCoordinator:
         with contextlib.suppress(BusError):
             await self._bus.kv_delete(recording_lease_key(job.job_id))
         if job.worker_id and self._registry.get(job.worker_id) is not None:
+            result: dict[str, Any] | None = None
             with contextlib.suppress(BusError):
-                await self._bus.request(
+                result = await self._bus.request(
                     recorder_rpc(job.worker_id),
                     {"op": "stop", "job_id": job.job_id, "reason": reason},
                     timeout=self.config.stop_timeout,
                 )
+            if result is not None:  # its uploads_pending holds the assembly like an ended copy's
+                with contextlib.suppress(InvalidStateError, NotFoundError):
+                    await self._store.update_recording_job(job.job_id, progress=_summary(result))
 
     async def _hand_over(self, job: RecordingJob) -> None:
         """The job's worker drains: a replacement first; the old copy stops once the new one writes."""
@@ -567,7 +575,9 @@ class RecordingCoordinator:
             if session.status not in OVER:
                 continue
             jobs = await self._store.recording_jobs(session.session_id)
-            if any(j.status in (RecordingJobStatus.PENDING, *RUNNING) or self._uploading(j) for j in jobs):
+            if any(j.status in (RecordingJobStatus.PENDING, *RUNNING) for j in jobs):
+                continue
+            if any([await self._uploading(j) for j in jobs]):
                 continue
             if self._tasks_for(session.session_id):
                 continue
@@ -580,31 +590,53 @@ class RecordingCoordinator:
                 name = f"recording:finalize:{recording.session_id}"
                 self._spawn(self.finalize(recording.session_id, resume=True), name)
 
-    def _uploading(self, job: RecordingJob) -> bool:
+    async def _uploading(self, job: RecordingJob) -> bool:
         """A copy stopped with segments still waiting in its worker's spool (S3 unreachable at the end of the class):
-        the assembly waits for its ``uploaded`` while the worker lives, at most ``upload_wait_s`` after the job
-        ended. A recording assembled without them is built again when they arrive (``_uploaded``)."""
+        the assembly waits until the worker says they are stored (``recording_uploaded_key``) while it lives, at
+        most ``upload_wait_s`` after the job ended. A recording assembled without them is built again when they
+        arrive (``_late_segments``)."""
         if not (job.progress or {}).get("uploads_pending") or job.ended_at is None or job.worker_id is None:
             return False
         if self._registry.get(job.worker_id) is None:
             return False
-        return datetime.now(UTC) - job.ended_at < timedelta(seconds=self.config.upload_wait_s)
+        if datetime.now(UTC) - job.ended_at >= timedelta(seconds=self.config.upload_wait_s):
+            return False
+        return await self._bus.kv_get(recording_uploaded_key(job.session_id, job.copy_id)) is None
 
-    async def _uploaded(self, session_id: str, copy_id: object) -> None:
-        """A worker stored the last waiting segments of a copy of ``session_id`` after its job ended."""
+    async def _late_segments(self, session_id: str) -> None:
+        """Copies of ``session_id`` that stopped with segments in a spool and whose worker has since stored them: the
+        jobs no longer hold the assembly, and a recording assembled without them is built again (now if it is
+        ``failed``; after the build if it is being assembled). On ``uploaded`` and from the sweep of failed ones."""
+        arrived = False
         for job in await self._store.recording_jobs(session_id):
-            if job.copy_id == copy_id and (job.progress or {}).get("uploads_pending"):
-                with contextlib.suppress(InvalidStateError, NotFoundError):
-                    await self._store.update_recording_job(
-                        job.job_id, progress={**(job.progress or {}), "uploads_pending": 0}
-                    )
-        recording = await self._store.recording_of(session_id)
-        if recording is None:
+            if not (job.progress or {}).get("uploads_pending"):
+                continue
+            if await self._bus.kv_get(recording_uploaded_key(session_id, job.copy_id)) is None:
+                continue
+            with contextlib.suppress(InvalidStateError, NotFoundError):
+                await self._store.update_recording_job(
+                    job.job_id, progress={**(job.progress or {}), "uploads_pending": 0}
+                )
+            arrived = True
+        if not arrived:
             return
-        if recording.status == "assembling":
+        if session_id in self._finalizing:  # checked and acted on without a wait in between
             self._late.add(session_id)  # the build running now may have missed them: finalize() reopens it
-        elif recording.status == "failed":
+            return
+        recording = await self._store.recording_of(session_id)
+        if recording is not None and recording.status == "failed":
             await self._rebuild(session_id)
+
+    async def _sweep_late(self) -> None:
+        """An ``uploaded`` no leader heard (sent during a leader change) must not leave a recording failed: check the
+        recently failed ones every ``late_sweep_s``."""
+        if time.monotonic() - self._late_swept < self.config.late_sweep_s:
+            return
+        self._late_swept = time.monotonic()
+        since = datetime.now(UTC) - timedelta(seconds=self.config.late_window_s)
+        for recording in await self._store.recordings_in_status("failed", 1000, updated_since=since):
+            if recording.session_id not in self._finalizing:
+                await self._late_segments(recording.session_id)
 
     async def _rebuild(self, session_id: str) -> None:
         """Assemble a failed recording again, with the segments that arrived since (the next round picks it up)."""

@@ -41,6 +41,7 @@ from core.messages import (
     NodeHeartbeat,
     recorder_rpc,
     recording_lease_key,
+    recording_uploaded_key,
     room_channel,
 )
 from core.service import Service, ServiceState
@@ -54,6 +55,8 @@ from .storage import Storage
 from .writer import SegmentInfo
 
 logger = logging.getLogger(__name__)
+
+UPLOADED_KEY_TTL_MS = 24 * 3600 * 1000  # recording_uploaded_key: far longer than the coordinator's upload_wait_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +142,12 @@ class RecorderWorker(Service):
             )
 
     async def close(self) -> None:
+        """Within the service's close budget (10 s): jobs left after the drain stop without waiting for their
+        uploads, and what is not uploaded stays in the spool for the next start (which ships and announces it)."""
         if self._serving is not None:
             await self._serving.close()
             self._serving = None
-        await asyncio.gather(*(self._stop(job_id, "worker closing") for job_id in list(self._jobs)))
+        await asyncio.gather(*(self._stop(job_id, "worker closing", flush_s=1.0) for job_id in list(self._jobs)))
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,11 +155,11 @@ class RecorderWorker(Service):
             self._ticker = None
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-        if self._shipper is not None:
-            await self._shipper.close()  # what is still not uploaded stays in the spool for the next start
         for task in list(self._announcing.values()):
             task.cancel()
         await asyncio.gather(*self._announcing.values(), return_exceptions=True)
+        if self._shipper is not None:
+            await self._shipper.close(timeout=2.0)
         await self._heartbeat.close()
 
     def health(self) -> dict[str, Any]:
@@ -281,7 +286,7 @@ class RecorderWorker(Service):
                     job.retired.append(part)
         await asyncio.gather(*(part.close() for part in parts), return_exceptions=True)
 
-    async def _stop(self, job_id: str, reason: str) -> Payload:
+    async def _stop(self, job_id: str, reason: str, *, flush_s: float | None = None) -> Payload:
         job = self._jobs.get(job_id)
         if job is None:
             return {"job_id": job_id, "running": False}
@@ -296,7 +301,7 @@ class RecorderWorker(Service):
             await self._close_parts(job)
         if self._shipper is not None:
             prefix = f"{job.session_id}/{job.copy_id}/"
-            if await self._shipper.flush(prefix, self.config.upload_flush_s):
+            if await self._shipper.flush(prefix, self.config.upload_flush_s if flush_s is None else flush_s):
                 self._announce_uploaded(prefix, job_id)  # the recording may be assembled without them: tell later
         result = self._progress(job)
         self._jobs.pop(job_id, None)
@@ -327,6 +332,7 @@ class RecorderWorker(Service):
         assert self._shipper is not None
         await self._shipper.flush(prefix, None)
         session_id, copy_id = prefix.split("/")[:2]
+        key = recording_uploaded_key(session_id, copy_id)
         message = {
             "type": "uploaded",
             "session_id": session_id,
@@ -336,7 +342,8 @@ class RecorderWorker(Service):
         }
         delay = 1.0
         while True:
-            try:
+            try:  # the key first: it outlives a message that no leader heard
+                await self._bus.kv_set(key, self.config.worker_id, ttl_ms=UPLOADED_KEY_TTL_MS)
                 await self._bus.publish(RECORDING_PROGRESS, message)
                 break
             except BusError as exc:

@@ -239,16 +239,14 @@ class RecordingsStore:
             ).all()
         return [_job(r) for r in rows]
 
-    async def recordings_in_status(self, status: str, limit: int = 100) -> list[Recording]:
+    async def recordings_in_status(
+        self, status: str, limit: int = 100, *, updated_since: datetime | None = None
+    ) -> list[Recording]:
+        query = sa.select(t.recordings).where(t.recordings.c.status == status)
+        if updated_since is not None:
+            query = query.where(t.recordings.c.updated_at >= updated_since)
         async with self.read() as c:
-            rows = (
-                await c.execute(
-                    sa.select(t.recordings)
-                    .where(t.recordings.c.status == status)
-                    .order_by(t.recordings.c.created_at)
-                    .limit(limit)
-                )
-            ).all()
+            rows = (await c.execute(query.order_by(t.recordings.c.created_at).limit(limit))).all()
         return [_recording(r) for r in rows]
 
     async def update_recording_job(

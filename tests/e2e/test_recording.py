@@ -182,7 +182,7 @@ async def recorded(request: pytest.FixtureRequest, tmp_path: Path, redis_server:
     finally:
         if store is not None:
             await store.close()
-        codes = fleet.stop_all()
+        codes = await asyncio.to_thread(fleet.stop_all)  # a gate relays on this loop while the workers exit
         print("\nexit codes:", codes)
         if gate is not None:
             await gate.stop()
@@ -333,7 +333,7 @@ async def test_segments_uploaded_after_the_class_are_not_lost(recorded: Recorded
 
     recorded.gate.open_gate()
     for worker in WORKERS:  # restarted on the same spools: they upload the leftovers and say so
-        recorded.add_worker(worker)
+        await asyncio.to_thread(recorded.add_worker, worker)  # the gate relays on this loop meanwhile
     ready = await wait_recording(*api, timeout=90, end=False, until=("ready",))
     print(f"\nlate segments: failed with gaps {failed['gaps']}, then ready with coverage {ready['coverage']}")
     assert ready["coverage"] == 1.0 and ready["gaps"] == [], ready
