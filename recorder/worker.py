@@ -318,10 +318,11 @@ class RecorderWorker(Service):
         return result
 
     def _announce_uploaded(self, prefix: str, job_id: str | None) -> None:
-        """Once the last waiting segment under ``prefix`` (``<session>/<copy_id>/``) is stored, publish ``uploaded``
-        on ``RECORDING_PROGRESS``: the coordinator holds the assembly for it, or builds the recording again if it
-        was assembled without those segments. For a stopped job whose uploads outlasted ``upload_flush_s``, and for
-        what a dead predecessor left in the spool (``job_id`` None)."""
+        """Once the last waiting segment under ``prefix`` (``<session>/<copy_id>/``) is stored, set
+        ``recording_uploaded_key`` and publish ``uploaded`` on ``RECORDING_PROGRESS``: the coordinator holds the
+        assembly until then, or builds the recording again if it was assembled without those segments. For a
+        stopped job whose uploads outlasted its flush, and for what a dead predecessor left in the spool
+        (``job_id`` None)."""
         if prefix in self._announcing:
             return
         task = asyncio.create_task(self._announce(prefix, job_id), name=f"recorder-uploaded:{prefix}")
