@@ -228,7 +228,10 @@ class Recorder:
                 self._begin_track(transceiver, tmid, tracks[tmid])
 
     def _plain_tracks(self, tracks: dict[str, dict[str, Any]]) -> None:
-        """What the node sends us now: end the tracks that went away, begin the new ones (keyed by SSRC)."""
+        """What the node sends us now: end the tracks that went away, begin the new ones (keyed by SSRC). The
+        packets the node sent before this message wait in the socket (read every ``plain_batch_s``): read them
+        first, or a track that ends would lose its last batch."""
+        self._drain()
         wanted = {int(d["ssrc"]): (mid, d) for mid, d in tracks.items() if isinstance(d.get("ssrc"), int)}
         for ssrc, state in list(self._by_ssrc.items()):
             mid, desc = wanted.get(ssrc, ("", {}))

@@ -174,6 +174,34 @@ async def test_recorder_records_a_published_class(
 
 
 @pytest.mark.timeout(60)
+async def test_a_publisher_leaving_loses_no_tail_of_its_tracks(
+    tmp_path: Path, av_file: Path, node: tuple[LocalBus, MediaNode]
+) -> None:
+    """The node says a publisher's tracks are gone (``plain_tracks``) while their last packets still wait in the
+    recorder's socket, which is read only every ``plain_batch_s``: they are recorded before the tracks end."""
+    bus, _ = node
+    player = MediaPlayer(str(av_file), decode=False)
+    publisher = await publish(bus, player, "alice")
+    config = RecorderConfig(NODE, ROOM, "rec-a", "a", tmp_path / "a", segment_seconds=3.0)
+    recorder = Recorder(config, bus)
+    await recorder.start()
+    await asyncio.sleep(6.0)  # past the sender-report hold-back: streaming
+    # Pause the socket reader (white box: it pins the race) so that the leave finds the last 0.8 s still unread,
+    # as it finds up to a batch interval of packets in production.
+    assert recorder._drainer is not None
+    recorder._drainer.cancel()
+    await asyncio.sleep(0.8)
+    left = time.time()
+    await bus.request(node_rpc(NODE), {"op": "leave", "participant_id": "alice"})
+    await asyncio.sleep(0.5)  # the plain_tracks message reaches the recorder
+    segments = await recorder.close()
+    await publisher.close()
+    for kind in ("audio", "video"):
+        end = max(t.end for seg in segments for t in seg.tracks.values() if t.kind == kind and t.end is not None)
+        assert left - 0.2 <= end <= left + 0.2, (kind, end - left)
+
+
+@pytest.mark.timeout(60)
 async def test_plain_rtp_losses_are_nacked_and_filled_from_the_node_cache(
     tmp_path: Path, av_file: Path, node: tuple[LocalBus, MediaNode]
 ) -> None:
