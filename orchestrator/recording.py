@@ -442,20 +442,29 @@ class RecordingCoordinator:
                 )
         await self._assign(new, session)
 
-    async def _stop_worker_job(self, job: RecordingJob, reason: str) -> None:
-        with contextlib.suppress(BusError):
-            await self._bus.kv_delete(recording_lease_key(job.job_id))
-        if job.worker_id and self._registry.get(job.worker_id) is not None:
-            result: dict[str, Any] | None = None
+    async def _stop_worker_job(self, job: RecordingJob, reason: str, *, revoke_first: bool = True) -> None:
+        """Stop a copy on its worker and keep what the worker answered (totals, ``uploads_pending``, which holds the
+        assembly). A replaced, handed-over or dropped copy's lease is revoked first, so a worker that is alive but
+        stuck stops it by itself; at the end of the class the lease goes last, after the worker closed the copy."""
+        if revoke_first:
             with contextlib.suppress(BusError):
+                await self._bus.kv_delete(recording_lease_key(job.job_id))
+        result: dict[str, Any] | None = None
+        if job.worker_id and self._registry.get(job.worker_id) is not None:
+            try:
                 result = await self._bus.request(
                     recorder_rpc(job.worker_id),
                     {"op": "stop", "job_id": job.job_id, "reason": reason},
                     timeout=self.config.stop_timeout,
                 )
-            if result is not None:  # its uploads_pending holds the assembly like an ended copy's
-                with contextlib.suppress(InvalidStateError, NotFoundError):
-                    await self._store.update_recording_job(job.job_id, progress=_summary(result))
+            except BusError as exc:
+                logger.warning("job=%s stop (%s) failed: %s", job.job_id, reason, exc)
+        if result is not None:
+            with contextlib.suppress(InvalidStateError, NotFoundError):
+                await self._store.update_recording_job(job.job_id, progress=_summary(result))
+        if not revoke_first:
+            with contextlib.suppress(BusError):
+                await self._bus.kv_delete(recording_lease_key(job.job_id))
 
     async def _hand_over(self, job: RecordingJob) -> None:
         """The job's worker drains: a replacement first; the old copy stops once the new one writes."""
@@ -546,23 +555,8 @@ class RecordingCoordinator:
         except (InvalidStateError, NotFoundError):
             return
         # named after the session: its recording is not assembled before every copy answered its stop (_tasks_for)
-        self._spawn(self._stop_and_note(job), f"recording:end:{job.session_id}:{job.job_id}")
-
-    async def _stop_and_note(self, job: RecordingJob) -> None:
-        result: dict[str, Any] | None = None
-        if job.worker_id and self._registry.get(job.worker_id) is not None:
-            try:
-                result = await self._bus.request(
-                    recorder_rpc(job.worker_id),
-                    {"op": "stop", "job_id": job.job_id, "reason": "class ended"},
-                    timeout=self.config.stop_timeout,
-                )
-            except BusError as exc:
-                logger.warning("job=%s stop at the end of the class failed: %s", job.job_id, exc)
-        with contextlib.suppress(InvalidStateError, NotFoundError):
-            await self._store.update_recording_job(job.job_id, progress=_summary(result))
-        with contextlib.suppress(BusError):
-            await self._bus.kv_delete(recording_lease_key(job.job_id))
+        stop = self._stop_worker_job(job, "class ended", revoke_first=False)
+        self._spawn(stop, f"recording:end:{job.session_id}:{job.job_id}")
 
     async def _finalize_due(self) -> None:
         for recording in await self._store.recordings_in_status("recording"):
@@ -722,7 +716,5 @@ class RecordingCoordinator:
             return result
 
 
-def _summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    if result is None:
-        return None
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result.get(k) for k in ("bytes", "segments", "gaps", "parts", "error", "uploads_pending")}
