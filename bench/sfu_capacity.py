@@ -16,6 +16,13 @@ dropped on the way to subscribers were recovered. Prints one JSON object (see be
 front and N forwarding worker processes) and reports how the load spreads over the processes; with
 ``--find-capacity`` it also looks, per worker count, for the largest load every subscriber still receives
 >= 99.9 % of.
+
+``--worker-cpu 0.2`` gives each forwarding process of the classmesh node a fixed budget of 0.2 core (a cgroup CPU
+quota, bench/loadgen/cpulimit.py; needs root): the one-process node is capped as a whole, a node with N workers gets
+N such budgets (its front, ~0.003 core, is left alone). That stands in for "one core per worker" and is how the
+two-worker node's capacity is measured directly on a small machine: with the node's share of the machine fixed
+well below what the generator leaves free, ``--find-capacity`` finds where the capped processes saturate rather
+than where the machine does.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.loadgen import cpu  # noqa: E402
+from bench.loadgen import cpu, cpulimit  # noqa: E402
 from bench.loadgen import targets as targets_module  # noqa: E402
 from bench.loadgen.clip import ensure_clip  # noqa: E402
 from bench.loadgen.report import ratio, summarize  # noqa: E402
@@ -70,6 +77,17 @@ def _fraction(value: str) -> float:
     number = float(value)
     if not 0.0 <= number < 1.0:
         raise argparse.ArgumentTypeError("must be a fraction in [0, 1), e.g. 0.02 for 2 %")
+    return number
+
+
+def _core_fraction(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError("must be a fraction of a core in (0, 1], e.g. 0.2")
+    try:
+        cpulimit.quota_for(number)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return number
 
 
@@ -106,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--find-capacity",
         action="store_true",
         help="per worker count, raise subscribers per publisher by --capacity-step until delivery < 99.9 %%",
+    )
+    parser.add_argument(
+        "--worker-cpu",
+        type=_core_fraction,
+        default=None,
+        help="classmesh only, needs root: cap each forwarding process (the one-process node, or each worker) at "
+        "this fraction of a core with a cgroup CPU quota, for the whole run",
     )
     parser.add_argument("--capacity-step", type=_positive, default=0, help="default: --subscribers-per-publisher")
     parser.add_argument("--capacity-max-streams", type=_positive, default=400)
@@ -181,6 +206,8 @@ async def run_target(
     target = make_target(name, janus_interface=args.janus_interface, workers=node_workers)
     roles: dict[int, str] = {}
     workers: list[_WorkerHandle] = []
+    limit: cpulimit.CpuLimit | None = None
+    capped: dict[str, list[int]] = {}
     publishers, per = args.publishers, per or args.subscribers_per_publisher
     streams = publishers * per
     try:
@@ -188,6 +215,8 @@ async def run_target(
             endpoint = await target.start(publishers, args.audio)
         except TargetUnavailable as exc:
             return {"available": False, "reason": str(exc)}
+        if args.worker_cpu is not None and isinstance(target, ClassmeshTarget):
+            limit, capped = _cap_forwarding(target, node_workers, args.worker_cpu)
         timeout = args.connect_timeout + 10
         pub = _WorkerHandle(
             WorkerSpec(
@@ -223,9 +252,11 @@ async def run_target(
             w.send("mark")
         t0 = time.monotonic()
         sfu_start, gen_start = cpu.sample(sfu_pids, t0), cpu.sample(gen_pids, t0)
+        throttle_start = limit.throttling() if limit is not None else {}
         await asyncio.sleep(args.duration)
         t1 = time.monotonic()
         sfu_end, gen_end = cpu.sample(sfu_pids, t1), cpu.sample(gen_pids, t1)
+        throttle_end = limit.throttling() if limit is not None else {}
         await asyncio.sleep(0.5)  # packets in flight at the end of the window
         for w in workers:
             w.send("collect")
@@ -233,6 +264,8 @@ async def run_target(
         sub_data = [await w.expect("data", 60) for w in subs]
     finally:
         await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        if limit is not None:
+            limit.close()  # before the stop, so that the node shuts down at full speed
         await target.stop()
     sfu_cores = cpu.cores_used(sfu_start, sfu_end)
     subscribers = [s for d in sub_data for s in d["subscribers"]]
@@ -252,8 +285,63 @@ async def run_target(
     }
     if roles:
         result.update(_process_split(node_workers, roles, sfu_start, sfu_end))
+    if limit is not None:
+        result.update(_cap_report(limit, capped, roles, sfu_start, sfu_end, throttle_start, throttle_end))
     result.update(summarize(name, pub_data["publishers"], subscribers, t0, t1, args.audio))
     return result
+
+
+def _cap_forwarding(
+    target: ClassmeshTarget, node_workers: int, fraction: float
+) -> tuple[cpulimit.CpuLimit, dict[str, list[int]]]:
+    """Cap the node's forwarding processes at ``fraction`` of a core: the one-process node as a whole (all its
+    "node" pids in one group), or each worker in a group of its own. The front is left uncapped."""
+    limit = cpulimit.CpuLimit(fraction)
+    try:
+        roles = target.roles()
+        if node_workers == 1:
+            node = sorted(pid for pid, role in roles.items() if role == "node")
+            groups = [limit.cap(node, "node")] if node else []
+        else:
+            groups = limit.cap_each(sorted(pid for pid, role in roles.items() if role == "worker"), "worker")
+        capped = {g.name: g.pids for g in groups if g.pids}
+        if not capped:
+            raise RuntimeError(f"--worker-cpu: no forwarding process of the node to cap (roles {roles})")
+    except BaseException:
+        limit.close()
+        raise
+    return limit, capped
+
+
+def _cap_report(
+    limit: cpulimit.CpuLimit,
+    capped: dict[str, list[int]],
+    roles: dict[int, str],
+    start: cpu.CpuSample,
+    end: cpu.CpuSample,
+    throttle_start: dict[str, cpulimit.Throttling],
+    throttle_end: dict[str, cpulimit.Throttling],
+) -> dict[str, Any]:
+    """The quota and, per capped group, the cores it used in the window and how often it hit its quota."""
+    groups = []
+    for name, pids in capped.items():
+        used = cpu.cores_used(cpu.CpuSample(start.wall, {p: start.seconds.get(p, 0.0) for p in pids}), end)
+        entry: dict[str, Any] = {
+            "group": name,
+            "pids": pids,
+            "role": roles.get(pids[0]),
+            "cores": round(used, 4),
+        }
+        if name in throttle_start and name in throttle_end:
+            entry.update(throttle_end[name].since(throttle_start[name]))
+        groups.append(entry)
+    return {
+        "worker_cpu_quota": limit.fraction,
+        "worker_cpu_period_us": limit.period_us,
+        "worker_cpu_cgroup": f"v{limit.version}",
+        "worker_cpu_capped_processes": sum(len(p) for p in capped.values()),
+        "worker_cpu_groups": groups,
+    }
 
 
 def _process_split(
@@ -337,6 +425,9 @@ async def _find_capacity(args: argparse.Namespace, counts: list[int]) -> dict[st
                 runs.append({"streams": args.publishers * per, "error": str(exc)[-300:]})
                 break
             delivered = _delivery_min(r)
+            throttled = (
+                [g.get("throttled_fraction") for g in r.get("worker_cpu_groups", [])] if args.worker_cpu else None
+            )
             runs.append(
                 {
                     "streams": r.get("streams"),
@@ -348,6 +439,7 @@ async def _find_capacity(args: argparse.Namespace, counts: list[int]) -> dict[st
                     "sfu_cpu_cores": r.get("sfu_cpu_cores"),
                     "busiest_process_cores": r.get("busiest_process_cores"),
                     "generator_cpu_cores": r.get("generator_cpu_cores"),
+                    "throttled_fractions": throttled,
                     "loadavg_1m": round(os.getloadavg()[0], 2),
                 }
             )
@@ -393,6 +485,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "loss": args.loss,
             "workers": counts,
+            "worker_cpu": args.worker_cpu,
             "media": "VP8 640x480 30 fps ~1 Mbit/s pre-encoded" + (", Opus 48 kHz" if args.audio else ""),
         },
         "machine": {
@@ -436,7 +529,15 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.worker_cpu is not None:
+        if args.target != "classmesh":
+            parser.error(f"--worker-cpu caps the classmesh node; the target is {args.target}")
+        try:  # fail before anything is measured when no quota can be set here
+            cpulimit.CpuLimit(args.worker_cpu).close()
+        except cpulimit.CpuLimitUnavailable as exc:
+            parser.error(f"--worker-cpu: no CPU quota possible here: {exc}")
     netns = os.environ.get(NETNS_ENV)
     if args.netns == "auto" and netns is None:
         code = _reexec_in_netns(argv)
