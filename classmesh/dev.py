@@ -150,5 +150,10 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
         print("\n".join(lines), flush=True)
 
     return await run_hosts(
-        stack.hosts, drain_timeout=args.drain_timeout, version=version, on_started=announce, cleanup=[stack.bus.close]
+        stack.hosts,
+        drain_timeout=args.drain_timeout,
+        version=version,
+        on_started=announce,
+        cleanup=[stack.bus.close],
+        freeze_heap=True,
     )

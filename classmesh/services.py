@@ -216,7 +216,9 @@ def _keys(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 async def _run_one(host: ServiceHost, bus: Bus, common: CommonConfig) -> int:
-    return await run_hosts([host], drain_timeout=common.drain_timeout, version=common.version, cleanup=[bus.close])
+    return await run_hosts(
+        [host], drain_timeout=common.drain_timeout, version=common.version, cleanup=[bus.close], freeze_heap=True
+    )
 
 
 async def run_orchestrator(args: argparse.Namespace, common: CommonConfig) -> int:

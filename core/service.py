@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -217,8 +218,12 @@ async def run_hosts(
     on_started: Callable[[Sequence[ServiceHost]], Awaitable[None] | None] | None = None,
     stop: asyncio.Event | None = None,
     cleanup: Sequence[Callable[[], Awaitable[None]]] = (),
+    freeze_heap: bool = False,
 ) -> int:
-    """Start ``hosts`` in order, wait for a signal (or ``stop``), drain, close in reverse. Returns 0."""
+    """Start ``hosts`` in order, wait for a signal (or ``stop``), drain, close in reverse. Returns 0.
+
+    ``freeze_heap``: once every host has started, :func:`freeze_startup_heap` (for a process's main
+    services; not for hosts run inside a test process)."""
     SERVICE_INFO.info({"version": version})
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -240,6 +245,8 @@ async def run_hosts(
         for host in hosts:
             await host.start()
             started.append(host)
+        if freeze_heap:
+            freeze_startup_heap()
         if on_started is not None:
             result = on_started(started)
             if asyncio.iscoroutine(result):
@@ -286,6 +293,19 @@ async def run_hosts(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
     return 0
+
+
+def freeze_startup_heap() -> None:
+    """Take what the process built while starting (modules, classes, functions, configuration: most of its
+    objects) out of the garbage collector's sight for good.
+
+    A full collection walks every tracked object; in a media process that means stopping the forwarding
+    for 40-100 ms every few seconds at 64 streams, almost all of it spent on objects that live as long as
+    the process. After ``gc.freeze()`` a full collection walks only what was made since. Objects made
+    later are collected as usual; what was frozen and dies later is still freed by reference counting
+    (only a cycle among frozen objects would stay, and startup objects do not die)."""
+    gc.collect()
+    gc.freeze()
 
 
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

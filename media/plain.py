@@ -116,3 +116,7 @@ class PlainTap:
 
     async def send(self, data: bytes) -> None:
         self._transport.send(data)
+
+    def send_rtp_now(self, data: bytes) -> bool:
+        self._transport.send(data)
+        return True

@@ -425,7 +425,8 @@ class OutputSlot:
         if self.drop is not None and self.drop(seq):
             self.dropped_by_hook += 1
             return 0
-        await self.tap.send(data)
+        if not self.tap.send_rtp_now(data):
+            await self.tap.send(data)
         return len(data)
 
     async def _retransmit(self, out_seq: int) -> bool:

@@ -27,7 +27,7 @@ import time
 
 from core.bus import open_bus
 from core.logs import configure_logging
-from core.service import ServiceState, run
+from core.service import ServiceState, freeze_startup_heap, run
 from media.config import WorkerLaunch
 
 logger = logging.getLogger("media.worker")  # not __name__: run with -m, that is __main__
@@ -70,6 +70,7 @@ async def serve(launch: WorkerLaunch) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_term)
     try:
         await node.start()
+        freeze_startup_heap()
         node.set_state(ServiceState.SERVING)
         logger.info("worker=%s pid=%s udp_ports=%s serving", label, os.getpid(), config.udp_ports)
         retire = asyncio.ensure_future(node.retire_requested.wait())

@@ -98,6 +98,49 @@ async def test_raw_packets_reach_subscriber_with_its_ssrc_and_payload_type(harne
     player.video.stop()
 
 
+async def test_outputs_send_below_aiortc_once_connected_and_carry_no_bandwidth_estimator(
+    harness: Harness, vp8_file: Path
+) -> None:
+    _, player = await _publish_file(harness, vp8_file)
+    bob = await harness.join(info("bob"))
+    await wait_for(lambda: any(r.packets > 30 for r in bob.received.values()), within=15)
+    subscriber = harness.room.participant("bob").subscriber
+    assert subscriber is not None
+    (out,) = [s for s in subscriber.slots if s.track is not None]
+    assert isinstance(out.tap, SenderTap)
+    # the sendonly transceiver's receiver never gets RTP: its 1000-bucket estimator is gone
+    assert out.transceiver is not None
+    assert out.transceiver.receiver.__dict__["_RTCRtpReceiver__remote_bitrate_estimator"] is None
+    # the direct path is open on a connected output, and what it sends is decrypted by the peer like the rest
+    before = sum(r.packets for r in bob.received.values())
+    calls = 0
+    original = out.tap.send_rtp_now
+
+    def counting(data: bytes) -> bool:
+        nonlocal calls
+        sent = original(data)
+        calls += sent
+        return sent
+
+    out.tap.send_rtp_now = counting  # type: ignore[method-assign]
+    await wait_for(lambda: calls >= 30 and sum(r.packets for r in bob.received.values()) >= before + 30, within=10)
+    player.video.stop()
+
+
+async def test_a_sender_tap_that_is_not_connected_leaves_the_packet_to_aiortc() -> None:
+    pc = RTCPeerConnection(forwarding.rtc_configuration())
+    try:
+        t = pc.addTransceiver("video", direction="sendonly")
+
+        async def on_rtcp(data: bytes) -> None:
+            pass
+
+        tap = SenderTap(t, on_rtcp, lambda: None)
+        assert tap.send_rtp_now(b"\x80" + bytes(20)) is False
+    finally:
+        await pc.close()
+
+
 async def test_h264_is_forwarded_from_a_keyframe(harness: Harness, h264_file: Path) -> None:
     _, player = await _publish_file(harness, h264_file, codec="H264")
     bob = await harness.join(info("bob"))
