@@ -91,6 +91,13 @@ def _core_fraction(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -150,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="nice value (-20..19) for the scheduler autogroups of the SFU and of each generator process "
         "(each runs in its own session); negative needs root. Default: leave them at 0",
+    )
+    parser.add_argument(
+        "--generator-priority",
+        type=int,
+        default=None,
+        help="nice value of the generator processes' autogroups when it should differ from --priority: a "
+        "higher one lets the SFU have the CPU first, as on a machine of its own (default: --priority)",
+    )
+    parser.add_argument(
+        "--pacing",
+        type=_non_negative,
+        default=2.5,
+        help="publishers send video at this multiple of the clip's bitrate, in 5 ms bursts, as libwebrtc's "
+        "pacer does (its default factor is 2.5); 0 = aiortc's way, every frame as one burst",
     )
     parser.add_argument(
         "--netns",
@@ -220,7 +241,13 @@ async def run_target(
         timeout = args.connect_timeout + 10
         pub = _WorkerHandle(
             WorkerSpec(
-                "publisher", endpoint, tuple(range(publishers)), args.audio, connect_timeout=args.connect_timeout
+                "publisher",
+                endpoint,
+                tuple(range(publishers)),
+                args.audio,
+                connect_timeout=args.connect_timeout,
+                autogroup_nice=args.generator_priority,
+                pacing=args.pacing,
             )
         )
         workers.append(pub)
@@ -238,7 +265,7 @@ async def run_target(
                 loss=args.loss,
                 seed=args.seed * 1000 + k,
                 connect_timeout=args.connect_timeout,
-                autogroup_nice=args.priority,
+                autogroup_nice=args.generator_priority,
             )
             subs.append(_WorkerHandle(spec))
         workers.extend(subs)
@@ -252,10 +279,12 @@ async def run_target(
             w.send("mark")
         t0 = time.monotonic()
         sfu_start, gen_start = cpu.sample(sfu_pids, t0), cpu.sample(gen_pids, t0)
+        machine_start = cpu.machine_ticks()
         throttle_start = limit.throttling() if limit is not None else {}
         await asyncio.sleep(args.duration)
         t1 = time.monotonic()
         sfu_end, gen_end = cpu.sample(sfu_pids, t1), cpu.sample(gen_pids, t1)
+        machine = cpu.machine_shares(machine_start, cpu.machine_ticks())
         throttle_end = limit.throttling() if limit is not None else {}
         await asyncio.sleep(0.5)  # packets in flight at the end of the window
         for w in workers:
@@ -282,6 +311,8 @@ async def run_target(
         "sfu_core_per_stream": round(sfu_cores / streams, 6),
         "generator_cpu_cores": round(cpu.cores_used(gen_start, gen_end), 4),
         "generator_processes": len(gen_pids),
+        "machine_idle_fraction": machine["idle"],
+        "machine_steal_fraction": machine["steal"],
     }
     if roles:
         result.update(_process_split(node_workers, roles, sfu_start, sfu_end))
@@ -482,6 +513,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "audio": args.audio,
             "warmup_s": args.warmup,
             "priority": args.priority,
+            "generator_priority": args.generator_priority,
+            "pacing": args.pacing,
             "duration_s": args.duration,
             "loss": args.loss,
             "workers": counts,
@@ -543,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         code = _reexec_in_netns(argv)
         if code is not None:
             return code
+    if args.generator_priority is None:
+        args.generator_priority = args.priority
     args.janus_interface = netns if netns not in (None, "none", "starting") else None
     args.in_netns = netns is not None
     signal.signal(signal.SIGTERM, _interrupt)

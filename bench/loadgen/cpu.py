@@ -61,3 +61,24 @@ def cores_used(start: CpuSample, end: CpuSample) -> float:
         return 0.0
     used = sum(max(0.0, end.seconds.get(pid, 0.0) - before) for pid, before in start.seconds.items())
     return used / elapsed
+
+
+def machine_ticks() -> dict[str, int]:
+    """The machine's CPU time by state, summed over its CPUs (the ``cpu`` line of /proc/stat), in ticks."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return {name: int(value) for name, value in zip(names, fields, strict=False)}
+
+
+def machine_shares(start: dict[str, int], end: dict[str, int]) -> dict[str, float]:
+    """Fractions of the machine's CPU time between two :func:`machine_ticks` that were idle and stolen.
+
+    ``steal`` is time a virtual machine's CPUs were ready to run but the hypervisor ran something else: a
+    packet that arrives then waits for it whatever the SFU does, so it bounds what a delay tail can show."""
+    total = sum(end.values()) - sum(start.values())
+    if total <= 0:
+        return {"idle": 0.0, "steal": 0.0}
+    return {
+        "idle": round((end["idle"] - start["idle"]) / total, 4),
+        "steal": round((end.get("steal", 0) - start.get("steal", 0)) / total, 4),
+    }

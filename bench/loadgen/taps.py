@@ -15,15 +15,18 @@ grows with every frame, so a payload is unique within a loop of the clip.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import random
+import struct
 import time
 import zlib
 from array import array
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
+from pylibsrtp import Error as SrtpError
 
 from media.forwarding import ReceiverTap, transceiver_codecs
 
@@ -51,6 +54,23 @@ class PacketLog:
         return len(self.times)
 
 
+SIOCGSTAMPNS = 0x8907  # Linux: the kernel's receive time (CLOCK_REALTIME) of the last datagram read from a socket
+_TIMESPEC = struct.Struct("@qq")
+
+
+def kernel_arrival(fd: int) -> float | None:
+    """When the datagram just read from ``fd`` reached the socket, on CLOCK_MONOTONIC; None if unknown.
+
+    The kernel stamps each datagram as it is queued; reading the stamp right after the read takes the
+    receiving process's own wait for a CPU out of the forwarding delay (a generator sharing two cores
+    with the SFU would otherwise dominate it)."""
+    try:
+        sec, nsec = _TIMESPEC.unpack(fcntl.ioctl(fd, SIOCGSTAMPNS, bytes(_TIMESPEC.size)))
+    except OSError:  # ENOENT until the first stamped datagram
+        return None
+    return sec + nsec * 1e-9 - (time.time() - time.monotonic())
+
+
 def _payload_offset(data: bytes) -> int:
     offset = 12 + 4 * (data[0] & 0x0F)
     if data[0] & 0x10:
@@ -62,10 +82,36 @@ def _is_rtcp(data: bytes) -> bool:
     return len(data) > 1 and 192 <= data[1] <= 223
 
 
-def _wrap_send(pc: RTCPeerConnection, observer: Callable[[bytes], None]) -> None:
+class Pacer:
+    """Spreads a publisher's video packets over time as a browser's pacer does.
+
+    aiortc hands every packet of a frame to the socket at once, so a 25 kB keyframe leaves as a burst
+    of ~20 packets; libwebrtc's pacer sends at a multiple (2.5 by default) of the target bitrate, in
+    5 ms bursts. Without this, the generator's keyframe bursts, not the SFU, set the delay's tail."""
+
+    BURST = 0.005  # seconds of sending that may go out at once
+
+    def __init__(self, bitrate: float, factor: float) -> None:
+        self._bytes_per_second = bitrate * factor / 8
+        self._next = 0.0  # when the budget of the packets already released runs out
+
+    async def wait(self, size: int) -> None:
+        now = time.monotonic()
+        slot = max(now, self._next)
+        self._next = slot + size / self._bytes_per_second
+        if slot - now > self.BURST:
+            await asyncio.sleep(slot - now)
+
+
+def _wrap_send(
+    pc: RTCPeerConnection,
+    observer: Callable[[bytes], None],
+    pace: Callable[[bytes], Awaitable[None]] | None = None,
+) -> None:
     # RTCDtlsTransport._send_rtp is where aiortc hands every outgoing RTP/RTCP packet (before SRTP).
     # With BUNDLE all transceivers end up on one transport; every distinct one is wrapped (once, on
-    # the instance), so it does not matter whether bundling has been settled yet.
+    # the instance), so it does not matter whether bundling has been settled yet. ``pace`` runs
+    # before the observer, so that a packet's recorded send time is when it leaves.
     for transceiver in pc.getTransceivers():
         transport = transceiver.sender.transport
         if getattr(transport, "_bench_wrapped", False):
@@ -73,6 +119,8 @@ def _wrap_send(pc: RTCPeerConnection, observer: Callable[[bytes], None]) -> None
         original = transport._send_rtp
 
         async def send(data: bytes, original: Callable[[bytes], Any] = original) -> None:
+            if pace is not None:
+                await pace(data)
             observer(data)
             await original(data)
 
@@ -81,9 +129,10 @@ def _wrap_send(pc: RTCPeerConnection, observer: Callable[[bytes], None]) -> None
 
 
 class PublisherTap:
-    """Records the send time of every RTP packet a publisher's peer connection sends."""
+    """Records the send time of every RTP packet a publisher's peer connection sends; with a
+    :class:`Pacer`, its video packets (first sends and retransmissions) leave paced."""
 
-    def __init__(self, pc: RTCPeerConnection) -> None:
+    def __init__(self, pc: RTCPeerConnection, pacer: Pacer | None = None) -> None:
         self.log = PacketLog()
         self._video_pts: set[int] = set()
         self._rtx_pts: set[int] = set()
@@ -93,7 +142,13 @@ class PublisherTap:
                     self._video_pts.add(codec.payload_type)
                 if codec.rtx_payload_type is not None:
                     self._rtx_pts.add(codec.rtx_payload_type)
-        _wrap_send(pc, self._observe)
+        self._pacer, self._paced_pts = pacer, self._video_pts | self._rtx_pts
+        _wrap_send(pc, self._observe, self._pace if pacer is not None else None)
+
+    async def _pace(self, data: bytes) -> None:
+        assert self._pacer is not None
+        if not _is_rtcp(data) and len(data) >= 12 and data[1] & 0x7F in self._paced_pts:
+            await self._pacer.wait(len(data))
 
     def _observe(self, data: bytes) -> None:
         if _is_rtcp(data) or len(data) < 12:
@@ -144,8 +199,11 @@ class SubscriberTap:
         self.stack_lags: list[float] = []  # sampled: socket arrival -> our handler (the generator's own lag)
         self._tapped: set[int] = set()
         self._receiver_taps: list[ReceiverTap] = []
+        self._pc: RTCPeerConnection | None = None
+        self._lag_counter = 0
 
     def watch_rtcp(self, pc: RTCPeerConnection) -> None:
+        self._pc = pc
         _wrap_send(pc, self._outgoing)
 
     def _outgoing(self, data: bytes) -> None:
@@ -155,29 +213,80 @@ class SubscriberTap:
             self.nacked_packets += requested
 
     def _watch_arrivals(self, transceiver: RTCRtpTransceiver) -> None:
-        """Stamp RTP datagrams as aioice's socket protocol receives them, before aiortc's queues.
+        """Stamp RTP datagrams with the time they reached the ICE socket (the kernel's stamp, read as
+        aioice's socket protocol receives them; this process's clock when the kernel has none).
 
-        SRTP leaves the RTP header in the clear, so SSRC and sequence number identify the datagram
-        and the stamp is picked up when the decrypted packet reaches :meth:`tap`'s handler."""
-        connection = getattr(transceiver.receiver.transport.transport, "_connection", None)
+        Without injected loss nothing needs aiortc's receiver any more (no NACKs to send), so from
+        here on RTP is decrypted and counted right at the socket: aiortc's queues, tasks and router
+        cost the generator three times what the counting does, and a generator that needs fewer
+        cores disturbs the SFU less. With loss, packets go on through aiortc (its NACK generator
+        asks for what was dropped): SRTP leaves the RTP header in the clear, so SSRC and sequence
+        number identify the datagram and the stamp is picked up when the decrypted packet reaches
+        :meth:`tap`'s handler."""
+        dtls = transceiver.receiver.transport
+        count = self._counter(dtls._rx_srtp) if not self.loss and self._pc is not None else None
+        connection = getattr(dtls.transport, "_connection", None)
         for protocol in getattr(connection, "_protocols", ()):
             if id(protocol) in self._watched:
                 continue
             self._watched.add(id(protocol))
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            fd = sock.fileno() if sock is not None else -1
 
             def received(
                 data: bytes,
                 addr: Any,
                 original: Callable[[bytes, Any], None] = protocol.datagram_received,
                 arrivals: dict[int, float] = self._arrivals,
+                fd: int = fd,
             ) -> None:
                 if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
-                    arrivals[int.from_bytes(data[8:12], "big") << 16 | int.from_bytes(data[2:4], "big")] = (
-                        time.monotonic()
-                    )
+                    stamp = kernel_arrival(fd) if fd >= 0 else None
+                    if stamp is None:
+                        stamp = time.monotonic()
+                    if count is not None:
+                        count(data, stamp)
+                        return
+                    arrivals[int.from_bytes(data[8:12], "big") << 16 | int.from_bytes(data[2:4], "big")] = stamp
                 original(data, addr)
 
             protocol.datagram_received = received
+
+    def _counter(self, srtp: Any) -> Callable[[bytes, float], None]:
+        """Counts one SRTP datagram of this peer connection the way the handler of :meth:`tap` does."""
+        assert self._pc is not None
+        video_pts: set[int] = set()
+        rtx_pts: set[int] = set()
+        for transceiver in self._pc.getTransceivers():
+            for codec in transceiver_codecs(transceiver):
+                if transceiver.kind == "video":
+                    video_pts.add(codec.payload_type)
+                    if codec.rtx_payload_type:
+                        rtx_pts.add(codec.rtx_payload_type)
+        log, lags = self.log, self.stack_lags
+
+        def count(data: bytes, stamp: float) -> None:
+            try:
+                plain = srtp.unprotect(data)
+            except SrtpError:  # a replay, or a packet from before the keys
+                return
+            pt = plain[1] & 0x7F
+            end = len(plain) - plain[-1] if plain[0] & 0x20 else len(plain)  # padding
+            payload = plain[_payload_offset(plain) : end]
+            if pt in rtx_pts:
+                flags, h = VIDEO | RTX, zlib.crc32(payload[2:])
+            else:
+                flags = (VIDEO if pt in video_pts else 0) | (MARKER if plain[1] & 0x80 else 0)
+                h = zlib.crc32(payload)
+            if flags & VIDEO and not self.first_video:
+                self.first_video = stamp
+                self.receiving.set()
+            log.add(stamp, h, flags)
+            self._lag_counter += 1
+            if self._lag_counter % 8 == 0:
+                lags.append(time.monotonic() - stamp)
+
+        return count
 
     def tap(self, transceiver: RTCRtpTransceiver) -> None:
         receiver = transceiver.receiver
@@ -202,18 +311,18 @@ class SubscriberTap:
         log, rng, kind_flag = self.log, self._random, VIDEO if video else 0
         rtx_pts: set[int] | None = None
 
-        lags, counter = self.stack_lags, 0
+        lags = self.stack_lags
 
         async def handle(packet: Any, arrival_time_ms: int) -> None:
-            nonlocal rtx_pts, counter
+            nonlocal rtx_pts
             handled = time.monotonic()
             now = self._arrivals.pop(packet.ssrc << 16 | packet.sequence_number, handled)
             if rtx_pts is None:
                 # the ICE sockets exist once the answer is applied: from the first packet on
                 self._watch_arrivals(transceiver)
                 rtx_pts = {c.rtx_payload_type for c in transceiver_codecs(transceiver) if c.rtx_payload_type}
-            counter += 1
-            if counter % 8 == 0:
+            self._lag_counter += 1
+            if self._lag_counter % 8 == 0:
                 lags.append(handled - now)
             payload = packet.payload
             if packet.payload_type in rtx_pts:

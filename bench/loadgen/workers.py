@@ -20,9 +20,9 @@ from aiortc import RTCPeerConnection
 from media.forwarding import configure_ice, rtc_configuration
 
 from .clip import ensure_clip, load_stream
-from .taps import PublisherTap, SubscriberTap
+from .taps import Pacer, PublisherTap, SubscriberTap
 from .targets import Client, Endpoint, client_for
-from .tracks import ClipTrack
+from .tracks import ClipTrack, spread_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ class WorkerSpec:
     connect_timeout: float = 30.0
     concurrency: int = 8
     autogroup_nice: int | None = None
+    pacing: float = 0.0  # publishers: pace video at this multiple of the clip's bitrate; 0 = aiortc's bursts
 
 
 def own_scheduling_group(nice: int | None) -> None:
@@ -103,14 +104,16 @@ class _Worker:
         video_path, audio_path = ensure_clip()
         video = load_stream(video_path, "video")
         audio = load_stream(audio_path, "audio") if spec.audio else None
-        for room in spec.rooms:
+        for k, room in enumerate(spec.rooms):
             pc = RTCPeerConnection(rtc_configuration())
             self._pcs.append(pc)
-            tracks = [ClipTrack(video)] + ([ClipTrack(audio)] if audio is not None else [])
+            start = spread_start(video, k, len(spec.rooms))
+            tracks = [ClipTrack(video, start)] + ([ClipTrack(audio)] if audio is not None else [])
             for track in tracks:
                 pc.addTransceiver(track, direction="sendonly")
             await asyncio.wait_for(client.publish(room, pc), spec.connect_timeout)
-            self._publishers.append((room, PublisherTap(pc), tracks))
+            pacer = Pacer(video.bitrate, spec.pacing) if spec.pacing > 0 else None
+            self._publishers.append((room, PublisherTap(pc, pacer), tracks))
         # SFUs offer a feed to subscribers only once its publisher's connection is up (Janus refuses
         # to subscribe before); wait for every publisher to connect and send a first frame.
         loop = asyncio.get_running_loop()
