@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -65,6 +66,11 @@ def seq_diff(a: int, b: int) -> int:
 def ntp_from_unix(t: float) -> int:
     """64-bit NTP timestamp of Unix time ``t``."""
     return int((t + NTP_UNIX_OFFSET) * (1 << 32)) & 0xFFFFFFFFFFFFFFFF
+
+
+def unix_from_ntp(ntp: int) -> float:
+    """Unix time of a 64-bit NTP timestamp."""
+    return ntp / (1 << 32) - NTP_UNIX_OFFSET
 
 
 def ntp_now() -> int:
@@ -434,6 +440,40 @@ class SenderReport:
     packet_count: int
     octet_count: int
     reports: tuple[ReportBlock, ...] = ()
+
+
+class SenderClock:
+    """Maps a publisher's RTP time to this machine's wall clock, from its sender reports.
+
+    An SR pairs an RTP time with the sender's NTP time. What each SR shows of the sender's clock against ours is
+    the clocks' offset plus that SR's trip and its wait in our event loop. The smallest of the last
+    :attr:`WINDOW` is the least delayed one, so the mapping holds still when one SR is handled late (taking each
+    SR's arrival as its send time moved every output's SR, and with it two recorded copies' alignment, by that
+    SR's lateness). A jump of more than :attr:`STEP` (the sender's clock was set) starts the window again."""
+
+    WINDOW = 8
+    STEP = 1.0
+
+    def __init__(self) -> None:
+        self.ssrc: int | None = None
+        self._last: tuple[int, float] | None = None  # the latest SR: (RTP time, its NTP time as Unix time)
+        self._offsets: deque[float] = deque(maxlen=self.WINDOW)
+
+    def add(self, report: SenderReport, arrival: float) -> None:
+        sent = unix_from_ntp(report.ntp_timestamp)
+        offset = arrival - sent
+        if report.ssrc != self.ssrc or (self._offsets and abs(offset - min(self._offsets)) > self.STEP):
+            self._offsets.clear()
+        self.ssrc = report.ssrc
+        self._offsets.append(offset)
+        self._last = (report.rtp_timestamp, sent)
+
+    def rtp_at(self, wall: float, clock_rate: int) -> int | None:
+        """The sender's RTP time at our Unix time ``wall``; None before its first SR."""
+        if self._last is None:
+            return None
+        rtp_time, sent = self._last
+        return (rtp_time + round((wall - sent - min(self._offsets)) * clock_rate)) & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)

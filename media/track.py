@@ -91,8 +91,7 @@ class PublishedTrack:
         self.bitrate = rtp.BitrateMeter()
         self.muted = False
         self.media_ssrc: int | None = None
-        self.last_sr: SenderReport | None = None
-        self.last_sr_time = 0.0  # time.time() when last_sr arrived
+        self.sender_clock = rtp.SenderClock()
         self.packets = 0
         self.keyframes = 0
         self.plis_sent = 0
@@ -173,8 +172,7 @@ class PublishedTrack:
             self._kind_metrics.forwarded_bytes.inc(octets)
 
     def _on_sender_report(self, report: SenderReport) -> None:
-        self.last_sr = report
-        self.last_sr_time = time.time()
+        self.sender_clock.add(report, time.time())
 
     def since_keyframe(self, upto: int, now: float) -> list[RtpPacketLike] | None:
         """The cached packets from the latest keyframe through ``upto``, or None if that keyframe is older than
@@ -505,10 +503,10 @@ class OutputSlot:
         if track is None or not rw.anchored or rw.last_time is None or self.packets_sent == 0:
             return None
         wall = time.time()
-        sr = track.last_sr
-        if sr is not None and sr.ssrc == track.media_ssrc:
-            rtp_in = sr.rtp_timestamp + int((wall - track.last_sr_time) * track.clock_rate)
-            rtp_out = rw.output_ts(rtp_in & 0xFFFFFFFF)
+        clock = track.sender_clock
+        rtp_in = clock.rtp_at(wall, track.clock_rate) if clock.ssrc == track.media_ssrc else None
+        if rtp_in is not None:
+            rtp_out = rw.output_ts(rtp_in)
         else:
             rtp_out = (rw.last_ts + int((time.monotonic() - rw.last_time) * track.clock_rate)) & 0xFFFFFFFF
         report = rtp.SenderReport(

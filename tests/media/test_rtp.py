@@ -215,3 +215,37 @@ def test_bitrate_meter() -> None:
     for i in range(100):
         meter.add(1000, i / 50)  # 50 kB/s = 400 kbit/s
     assert 350_000 <= meter.bps <= 450_000
+
+
+def _sr(ssrc: int, sent: float, rtp_time: int) -> rtp.SenderReport:
+    return rtp.SenderReport(ssrc, rtp.ntp_from_unix(sent), rtp_time, 0, 0)
+
+
+def test_sender_clock_holds_still_when_one_report_is_handled_late() -> None:
+    clock = rtp.SenderClock()
+    assert clock.rtp_at(1000.0, 90000) is None
+    skew = 3.25  # the sender's clock is behind ours; the trip takes 2 ms
+    for k in range(5):
+        sent = 100.0 + k
+        clock.add(_sr(7, sent, 90000 * k), arrival=sent + skew + 0.002)
+    expected = clock.rtp_at(105.5 + skew, 90000)
+    assert expected is not None and abs(expected - 90000 * 5.5) <= 90000 * 0.0021
+    # the next SR waited 40 ms in a busy loop before it was handled: the mapping does not move
+    clock.add(_sr(7, 105.0, 90000 * 5), arrival=105.0 + skew + 0.040)
+    assert clock.rtp_at(105.5 + skew, 90000) == expected
+    # a sender whose RTP clock runs at its nominal rate keeps mapping from its latest SR
+    clock.add(_sr(7, 106.0, 90000 * 6 + 45), arrival=106.0 + skew + 0.002)
+    assert clock.rtp_at(106.5 + skew, 90000) == (expected + 90000 + 45) & 0xFFFFFFFF
+
+
+def test_sender_clock_starts_over_for_a_new_source_or_a_clock_that_was_set() -> None:
+    clock = rtp.SenderClock()
+    clock.add(_sr(7, 100.0, 0), arrival=100.001)
+    clock.add(_sr(7, 101.0, 90000), arrival=101.001 + 30.0)  # the sender's clock was set back 30 s
+    assert clock.rtp_at(101.001 + 30.0, 90000) == 0 + 90000
+    clock.add(_sr(9, 50.0, 1234), arrival=200.0)  # another source
+    assert clock.ssrc == 9
+    assert clock.rtp_at(200.0, 90000) == 1234
+    # wraps at 32 bits
+    clock.add(_sr(9, 51.0, 0xFFFFFFFF), arrival=201.0)
+    assert clock.rtp_at(202.0, 90000) == 90000 - 1
