@@ -1,11 +1,11 @@
 """What the generator records, at RTP level and without decoding.
 
 Publishers: every RTP packet their DTLS transport sends, as (CLOCK_MONOTONIC time, payload CRC-32,
-flags). Subscribers: every RTP packet routed to their receivers, the same way, before aiortc's RTP
-stack sees it; with ``loss`` > 0 a random fraction is dropped right there, so aiortc's NACK generator
-(kept working by :class:`media.forwarding.ReceiverTap`) asks the SFU for them and the RTX answers are
-recorded. Nothing is depacketised or decoded. CLOCK_MONOTONIC is shared by all processes of one Linux
-machine, so publisher send times and subscriber receive times can be subtracted directly.
+flags). Subscribers: every RTP packet that reaches their ICE socket, the same way, decrypted and counted
+right there (time: the kernel's receive stamp); with ``loss`` > 0 a random fraction is dropped right
+there, and a NACK generator (aiortc's) asks the SFU for them; the RTX answers are recorded. Nothing is
+depacketised or decoded. CLOCK_MONOTONIC is shared by all processes of one Linux machine, so publisher
+send times and subscriber receive times can be subtracted directly.
 
 The payload (not the header) identifies a packet across the SFU: SFUs that forward rewrite SSRC,
 sequence number and timestamp but leave the payload alone. VP8 payloads carry a picture id that
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
+from aiortc.rtcrtpreceiver import NackGenerator
 from pylibsrtp import Error as SrtpError
 
 from media.forwarding import ReceiverTap, transceiver_codecs
@@ -179,6 +180,15 @@ def count_nacks(data: bytes) -> tuple[int, int]:
     return messages, requested
 
 
+class _Seq:
+    """What aiortc's NackGenerator reads of a packet."""
+
+    __slots__ = ("sequence_number",)
+
+    def __init__(self, sequence_number: int) -> None:
+        self.sequence_number = sequence_number
+
+
 class SubscriberTap:
     """Counts what one subscriber peer connection receives; injects loss; keeps NACKs working.
 
@@ -216,15 +226,14 @@ class SubscriberTap:
         """Stamp RTP datagrams with the time they reached the ICE socket (the kernel's stamp, read as
         aioice's socket protocol receives them; this process's clock when the kernel has none).
 
-        Without injected loss nothing needs aiortc's receiver any more (no NACKs to send), so from
-        here on RTP is decrypted and counted right at the socket: aiortc's queues, tasks and router
-        cost the generator three times what the counting does, and a generator that needs fewer
-        cores disturbs the SFU less. With loss, packets go on through aiortc (its NACK generator
-        asks for what was dropped): SRTP leaves the RTP header in the clear, so SSRC and sequence
-        number identify the datagram and the stamp is picked up when the decrypted packet reaches
-        :meth:`tap`'s handler."""
+        From here on RTP is decrypted and counted right at the socket, below aiortc's queues, tasks and
+        router, which cost the generator three times what the counting does (a generator that needs
+        fewer cores disturbs the SFU less); injected loss and the NACKs that ask for it happen there
+        too. Only the first packets, and every packet of a tap made without :meth:`watch_rtcp`, go
+        through aiortc and :meth:`tap`'s handler: SRTP leaves the RTP header in the clear, so SSRC and
+        sequence number pair the stamp with the decrypted packet there."""
         dtls = transceiver.receiver.transport
-        count = self._counter(dtls._rx_srtp) if not self.loss and self._pc is not None else None
+        count = self._counter(dtls._rx_srtp) if self._pc is not None else None
         connection = getattr(dtls.transport, "_connection", None)
         for protocol in getattr(connection, "_protocols", ()):
             if id(protocol) in self._watched:
@@ -253,19 +262,27 @@ class SubscriberTap:
             protocol.datagram_received = received
 
     def _counter(self, srtp: Any) -> Callable[[bytes, float], None]:
-        """Counts one SRTP datagram of this peer connection the way the handler of :meth:`tap` does."""
+        """Counts one SRTP datagram of this peer connection the way the handler of :meth:`tap` does, drops
+        the injected loss, and asks for what is missing with generic NACKs as aiortc's receiver would."""
         assert self._pc is not None
         video_pts: set[int] = set()
         rtx_pts: set[int] = set()
+        video_receiver: RTCRtpReceiver | None = None
         for transceiver in self._pc.getTransceivers():
+            if transceiver.kind != "video":
+                continue
+            video_receiver = transceiver.receiver
             for codec in transceiver_codecs(transceiver):
-                if transceiver.kind == "video":
-                    video_pts.add(codec.payload_type)
-                    if codec.rtx_payload_type:
-                        rtx_pts.add(codec.rtx_payload_type)
-        log, lags = self.log, self.stack_lags
+                video_pts.add(codec.payload_type)
+                if codec.rtx_payload_type:
+                    rtx_pts.add(codec.rtx_payload_type)
+        log, lags, rng, loss = self.log, self.stack_lags, self._random, self.loss
+        nacks = NackGenerator()
+        media_ssrc = 0
+        sending: set[asyncio.Task[None]] = set()
 
         def count(data: bytes, stamp: float) -> None:
+            nonlocal media_ssrc
             try:
                 plain = srtp.unprotect(data)
             except SrtpError:  # a replay, or a packet from before the keys
@@ -274,13 +291,23 @@ class SubscriberTap:
             end = len(plain) - plain[-1] if plain[0] & 0x20 else len(plain)  # padding
             payload = plain[_payload_offset(plain) : end]
             if pt in rtx_pts:
-                flags, h = VIDEO | RTX, zlib.crc32(payload[2:])
+                flags, h, seq = VIDEO | RTX, zlib.crc32(payload[2:]), int.from_bytes(payload[:2], "big")
             else:
                 flags = (VIDEO if pt in video_pts else 0) | (MARKER if plain[1] & 0x80 else 0)
-                h = zlib.crc32(payload)
-            if flags & VIDEO and not self.first_video:
-                self.first_video = stamp
-                self.receiving.set()
+                h, seq = zlib.crc32(payload), int.from_bytes(plain[2:4], "big")
+            if loss and rng.random() < loss:
+                log.add(stamp, h, flags | DROPPED)
+                return
+            if flags & VIDEO:
+                if not self.first_video:
+                    self.first_video = stamp
+                    self.receiving.set()
+                if not flags & RTX:
+                    media_ssrc = int.from_bytes(plain[8:12], "big")
+                if nacks.add(_Seq(seq)) and video_receiver is not None and media_ssrc:
+                    task = asyncio.ensure_future(video_receiver._send_rtcp_nack(media_ssrc, sorted(nacks.missing)))
+                    sending.add(task)
+                    task.add_done_callback(sending.discard)
             log.add(stamp, h, flags)
             self._lag_counter += 1
             if self._lag_counter % 8 == 0:
