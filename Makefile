@@ -59,6 +59,9 @@ bench: system-deps $(STAMP)
 	scripts/in-loopback-netns.sh $(BIN)/python bench/join_latency.py --joins 20
 	for subs in 5 16 25; do $(BIN)/python bench/sfu_capacity.py --publishers 4 --subscribers-per-publisher $$subs \
 	  --no-audio --warmup 5 --duration 30 --baseline janus,mediarelay; done
+	# one worker against two, each at a fixed CPU budget (a cgroup quota: needs root, skipped without it)
+	-$(BIN)/python bench/sfu_capacity.py --workers 1,2 --find-capacity --worker-cpu 0.25 --publishers 4 \
+	  --subscribers-per-publisher 4 --capacity-step 2 --capacity-max-streams 120 --warmup 5 --duration 15
 	$(BIN)/python bench/sfu_capacity.py --workers 1,2 --publishers 4 --subscribers-per-publisher 16 --warmup 5 --duration 30
 
 clean:
