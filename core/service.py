@@ -300,7 +300,7 @@ def freeze_startup_heap() -> None:
     objects) out of the garbage collector's sight for good.
 
     A full collection walks every tracked object; in a media process that means stopping the forwarding
-    for 40-100 ms every few seconds at 64 streams, almost all of it spent on objects that live as long as
+    for 45-65 ms every few seconds at 64 streams, almost all of it spent on objects that live as long as
     the process. After ``gc.freeze()`` a full collection walks only what was made since. Objects made
     later are collected as usual; what was frozen and dies later is still freed by reference counting
     (only a cycle among frozen objects would stay, and startup objects do not die)."""

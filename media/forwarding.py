@@ -113,8 +113,6 @@ async def check_internals() -> None:
         missing.append("aioice.ice.Connection._nominated")
     if not isinstance(getattr(aioice.ice.CandidatePair, "remote_addr", None), property):
         missing.append("aioice.ice.CandidatePair.remote_addr")
-    if not hasattr(_DtlsState, "CONNECTED"):
-        missing.append("aiortc.rtcdtlstransport.State.CONNECTED")
     for module, name in (
         (aioice.ice, "get_host_addresses"),
         (aioice.ice, "StunProtocol"),
@@ -418,7 +416,7 @@ class SenderTap:
         transport is not up or has no nominated ICE pair yet, and :meth:`send` must take it.
 
         The same steps as aiortc's ``_send_rtp`` with the nominated pair's socket, without the five
-        coroutines aiortc and aioice stack between the two (a tenth of the forwarding cost). aiortc's
+        coroutines aiortc and aioice stack between the two (~5 % of the node's CPU at 64 streams). aiortc's
         transport byte counters do not see these packets; nothing here reads them."""
         dtls = self._sender.transport
         if dtls._state is not _DtlsState.CONNECTED:

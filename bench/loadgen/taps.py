@@ -276,7 +276,7 @@ class SubscriberTap:
                 video_pts.add(codec.payload_type)
                 if codec.rtx_payload_type:
                     rtx_pts.add(codec.rtx_payload_type)
-        log, lags, rng, loss = self.log, self.stack_lags, self._random, self.loss
+        record = self._record
         nacks = NackGenerator()
         media_ssrc = 0
         sending: set[asyncio.Task[None]] = set()
@@ -295,23 +295,14 @@ class SubscriberTap:
             else:
                 flags = (VIDEO if pt in video_pts else 0) | (MARKER if plain[1] & 0x80 else 0)
                 h, seq = zlib.crc32(payload), int.from_bytes(plain[2:4], "big")
-            if loss and rng.random() < loss:
-                log.add(stamp, h, flags | DROPPED)
+            if not record(stamp, h, flags) or not flags & VIDEO:
                 return
-            if flags & VIDEO:
-                if not self.first_video:
-                    self.first_video = stamp
-                    self.receiving.set()
-                if not flags & RTX:
-                    media_ssrc = int.from_bytes(plain[8:12], "big")
-                if nacks.add(_Seq(seq)) and video_receiver is not None and media_ssrc:
-                    task = asyncio.ensure_future(video_receiver._send_rtcp_nack(media_ssrc, sorted(nacks.missing)))
-                    sending.add(task)
-                    task.add_done_callback(sending.discard)
-            log.add(stamp, h, flags)
-            self._lag_counter += 1
-            if self._lag_counter % 8 == 0:
-                lags.append(time.monotonic() - stamp)
+            if not flags & RTX:
+                media_ssrc = int.from_bytes(plain[8:12], "big")
+            if nacks.add(_Seq(seq)) and video_receiver is not None and media_ssrc:
+                task = asyncio.ensure_future(video_receiver._send_rtcp_nack(media_ssrc, sorted(nacks.missing)))
+                sending.add(task)
+                task.add_done_callback(sending.discard)
 
         return count
 
@@ -335,39 +326,40 @@ class SubscriberTap:
         video: bool,
         inner: Callable[[Any, int], Any] | None,
     ) -> None:
-        log, rng, kind_flag = self.log, self._random, VIDEO if video else 0
+        kind_flag = VIDEO if video else 0
         rtx_pts: set[int] | None = None
-
-        lags = self.stack_lags
 
         async def handle(packet: Any, arrival_time_ms: int) -> None:
             nonlocal rtx_pts
-            handled = time.monotonic()
-            now = self._arrivals.pop(packet.ssrc << 16 | packet.sequence_number, handled)
+            now = self._arrivals.pop(packet.ssrc << 16 | packet.sequence_number, None) or time.monotonic()
             if rtx_pts is None:
                 # the ICE sockets exist once the answer is applied: from the first packet on
                 self._watch_arrivals(transceiver)
                 rtx_pts = {c.rtx_payload_type for c in transceiver_codecs(transceiver) if c.rtx_payload_type}
-            self._lag_counter += 1
-            if self._lag_counter % 8 == 0:
-                lags.append(handled - now)
             payload = packet.payload
             if packet.payload_type in rtx_pts:
                 flags, h = kind_flag | RTX, zlib.crc32(payload[2:])
             else:
                 flags, h = kind_flag | (MARKER if packet.marker else 0), zlib.crc32(payload)
-            if self.loss and rng.random() < self.loss:
-                log.add(now, h, flags | DROPPED)
-                return
-            if video and not self.first_video:
-                self.first_video = now
-                self.receiving.set()
-            log.add(now, h, flags)
-            if inner is not None:
+            if self._record(now, h, flags) and inner is not None:
                 await inner(packet, arrival_time_ms)
 
         # aiortc's RTP router looks the handler up on the receiver instance
         receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+    def _record(self, stamp: float, h: int, flags: int) -> bool:
+        """Log one received packet (both paths); False when the injected loss dropped it."""
+        if self.loss and self._random.random() < self.loss:
+            self.log.add(stamp, h, flags | DROPPED)
+            return False
+        if flags & VIDEO and not self.first_video:
+            self.first_video = stamp
+            self.receiving.set()
+        self.log.add(stamp, h, flags)
+        self._lag_counter += 1
+        if self._lag_counter % 8 == 0:
+            self.stack_lags.append(time.monotonic() - stamp)
+        return True
 
     async def _ignore_rtp(self, packet: Any, arrival: float) -> None:
         return None
