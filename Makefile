@@ -63,6 +63,9 @@ bench: system-deps $(STAMP)
 	-$(BIN)/python bench/sfu_capacity.py --workers 1,2 --find-capacity --worker-cpu 0.25 --publishers 4 \
 	  --subscribers-per-publisher 4 --capacity-step 2 --capacity-max-streams 120 --warmup 5 --duration 15
 	$(BIN)/python bench/sfu_capacity.py --workers 1,2 --publishers 4 --subscribers-per-publisher 16 --warmup 5 --duration 30
+	# the delay target: the SFU under a real-time policy, as on a machine of its own (needs root, skipped without it)
+	-$(BIN)/python bench/sfu_capacity.py --workers 2 --realtime 10 --publishers 4 --subscribers-per-publisher 16 \
+	  --warmup 5 --duration 30 --baseline janus
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,11 @@ N such budgets (its front, ~0.003 core, is left alone). That stands in for "one 
 two-worker node's capacity is measured directly on a small machine: with the node's share of the machine fixed
 well below what the generator leaves free, ``--find-capacity`` finds where the capped processes saturate rather
 than where the machine does.
+
+``--realtime 10`` runs the SFU under test (either target; all its processes and threads) under the SCHED_RR
+real-time policy. On this box the generator shares the SFU's two cores, and under EEVDF even a nice -10 SFU waits
+for the generator's running slices; the real-time policy is what gives it the core at once, as on a machine of
+its own. The delay figures are only comparable between runs with the same setting.
 """
 
 from __future__ import annotations
@@ -164,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="nice value of the generator processes' autogroups when it should differ from --priority: a "
         "higher one lets the SFU have the CPU first, as on a machine of its own (default: --priority)",
+    )
+    parser.add_argument(
+        "--realtime",
+        type=int,
+        default=None,
+        metavar="PRIORITY",
+        help="run the SFU under test (every process and thread of it) with the SCHED_RR real-time policy at "
+        "this priority (1-99; needs root): the way to let it have a core the moment a packet comes, as on a "
+        "machine of its own, which a nice value does not do under the kernel's EEVDF scheduler",
     )
     parser.add_argument(
         "--pacing",
@@ -514,6 +528,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": args.warmup,
             "priority": args.priority,
             "generator_priority": args.generator_priority,
+            "sfu_realtime_priority": args.realtime,
             "pacing": args.pacing,
             "duration_s": args.duration,
             "loss": args.loss,
@@ -564,6 +579,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.realtime is not None:
+        if args.worker_cpu is not None:
+            parser.error("--realtime and --worker-cpu: a cgroup CPU quota does not cap real-time tasks")
+        try:  # fail before anything runs when this process may not use the policy
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(args.realtime))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        except (OSError, OverflowError) as exc:
+            parser.error(f"--realtime {args.realtime}: {exc}")
     if args.worker_cpu is not None:
         if args.target != "classmesh":
             parser.error(f"--worker-cpu caps the classmesh node; the target is {args.target}")
@@ -582,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     args.in_netns = netns is not None
     signal.signal(signal.SIGTERM, _interrupt)
     targets_module.AUTOGROUP_NICE = args.priority
+    targets_module.SFU_REALTIME = args.realtime
     report = asyncio.run(run(args))
     text = json.dumps(report, indent=2)
     print(text)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -90,17 +91,21 @@ async def wait_http(
 
 
 AUTOGROUP_NICE: int | None = None  # set once by bench/sfu_capacity.py from --priority
+SFU_REALTIME: int | None = None  # set once by bench/sfu_capacity.py from --realtime
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(sfu: bool = False) -> None:
     """In the child before exec (after setsid, so in its own scheduler autogroup): get SIGTERM when
-    the benchmark process dies, however it dies; apply the run's autogroup nice value."""
+    the benchmark process dies, however it dies; apply the run's autogroup nice value, and for the
+    SFU the run's real-time priority (inherited by every thread and process it starts)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if AUTOGROUP_NICE is not None:
         with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
             f.write(str(AUTOGROUP_NICE))
+    if sfu and SFU_REALTIME is not None:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(SFU_REALTIME))
 
 
 async def _wait_tcp(port: int, timeout: float) -> None:
@@ -125,8 +130,8 @@ class Target(Protocol):
 
 
 class _ProcessTarget:
-    """A target made of server processes, each with a log file; the first one started is the SFU
-    whose process tree is measured, unless a subclass says otherwise with ``_sfu``."""
+    """A target made of server processes, each with a log file; the one started with ``sfu=True`` is
+    the SFU whose process tree is measured."""
 
     name = ""
 
@@ -136,7 +141,7 @@ class _ProcessTarget:
         self._dir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
 
     def _spawn(
-        self, argv: list[str], env: dict[str, str] | None = None, label: str = "server"
+        self, argv: list[str], env: dict[str, str] | None = None, label: str = "server", *, sfu: bool = False
     ) -> subprocess.Popen[bytes]:
         log = (self._dir / f"{label}.log").open("wb")
         process = subprocess.Popen(
@@ -146,10 +151,10 @@ class _ProcessTarget:
             cwd=REPO,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, sfu),
         )
         self._processes.append((label, process, log))
-        if self._sfu is None:
+        if sfu:
             self._sfu = process
         return process
 
@@ -216,7 +221,9 @@ class JanusTarget(_ProcessTarget):
             text = text.replace("@CONFIGS@", str(configs)).replace("@LIBDIR@", str(JANUS_LIBDIR))
             text = text.replace("@HTTP_PORT@", str(port)).replace("@ICE_ENFORCE@", self._interface)
             (configs / template.name).write_text(text)
-        process = self._spawn([binary, "-F", str(configs), "-C", str(configs / "janus.jcfg"), "--disable-colors"])
+        process = self._spawn(
+            [binary, "-F", str(configs), "-C", str(configs / "janus.jcfg"), "--disable-colors"], sfu=True
+        )
         url = f"http://127.0.0.1:{port}/janus"
         try:
             await wait_http(url + "/info", 15, process)
@@ -309,7 +316,9 @@ class MediaRelayTarget(_ProcessTarget):
     async def start(self, publishers: int, audio: bool) -> Endpoint:
         port = free_port()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        process = self._spawn([sys.executable, "-m", "bench.loadgen.mediarelay_sfu", "--port", str(port)], env)
+        process = self._spawn(
+            [sys.executable, "-m", "bench.loadgen.mediarelay_sfu", "--port", str(port)], env, sfu=True
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             await wait_http(url + "/healthz", 20, process)
@@ -423,8 +432,8 @@ class ClassmeshTarget(_ProcessTarget):
             [binary, "media", *common(media_port), "--region", _REGION, "--node-id", f"{_REGION}-bench",
              "--ice-address", "127.0.0.1", "--public-key", str(public_key), "--workers", str(self.workers)],
             label="media",
+            sfu=True,
         )  # fmt: skip
-        self._sfu = media  # the only process measured
         self._spawn(
             [binary, "orchestrator", *common(orchestrator_port), "--data-dir", str(self._dir / "data"),
              "--private-key", str(private_key), "--signaling-url", f"http://127.0.0.1:{signaling_port}"],

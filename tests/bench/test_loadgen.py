@@ -1,13 +1,20 @@
 """The load generator's own parts that shape what bench/sfu_capacity.py measures: the kernel's receive stamp,
-the browser-like pacer, and the spread of the publishers' keyframes."""
+the browser-like pacer, the spread of the publishers' keyframes, and the SFU's real-time scheduling."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 
+import pytest
+
+from bench.loadgen import targets
 from bench.loadgen.clip import EncodedFrame, EncodedStream
 from bench.loadgen.taps import Pacer, kernel_arrival
 from bench.loadgen.tracks import spread_start
@@ -71,3 +78,41 @@ def test_publishers_start_their_loops_with_keyframes_evenly_apart() -> None:
     assert spread_start(stream, 0, 1) == 0
     # a clip with a single keyframe spreads over the whole loop
     assert [spread_start(_stream(90, 1000), k, 3) for k in range(3)] == [0, 30, 60]
+
+
+def _can_use_realtime() -> bool:
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except OSError:
+        return False
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return True
+
+
+@pytest.mark.skipif(not _can_use_realtime(), reason="SCHED_RR needs root (CAP_SYS_NICE)")
+def test_only_the_sfu_runs_real_time_and_what_it_starts_inherits_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(targets, "SFU_REALTIME", 7)
+    target = targets._ProcessTarget()
+    sfu = target._spawn(["sh", "-c", "sleep 30 & echo $!; wait"], label="sfu", sfu=True)
+    other = target._spawn(["sleep", "30"], label="other")
+    try:
+        deadline = time.monotonic() + 5
+        log = Path(target._dir) / "sfu.log"
+        while not log.read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child = int(log.read_text())
+        for pid in (sfu.pid, child):
+            assert os.sched_getscheduler(pid) == os.SCHED_RR
+            assert os.sched_getparam(pid).sched_priority == 7
+        assert os.sched_getscheduler(other.pid) == os.SCHED_OTHER
+        assert target.pids()[0] == sfu.pid
+    finally:
+        asyncio.run(target.stop())
+
+
+def test_the_bench_refuses_a_realtime_priority_it_cannot_use() -> None:
+    script = Path(__file__).resolve().parents[2] / "bench" / "sfu_capacity.py"
+    for extra in (["--realtime", "0"], ["--realtime", "5", "--worker-cpu", "0.2"]):
+        done = subprocess.run([sys.executable, str(script), *extra], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "--realtime" in done.stderr

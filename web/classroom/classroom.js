@@ -189,11 +189,13 @@ class Classroom {
       this.fail("This link has no join token. Ask for a new link.");
       return;
     }
+    this.log("script start");
     const claims = decodeTokenClaims(this.token);
     $("room-title").textContent = `Classroom ${claims.room || this.roomId}`;
     // The first RTCPeerConnection of a page costs tens of milliseconds to set up; make it while the socket
     // connects rather than when the node's first offer is waiting (setConfiguration adds the ICE servers).
     this.warmSubscriber = new RTCPeerConnection();
+    this.log("peer connection made");
     await this.connect();
   }
 
