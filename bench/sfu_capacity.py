@@ -582,11 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.realtime is not None:
         if args.worker_cpu is not None:
             parser.error("--realtime and --worker-cpu: a cgroup CPU quota does not cap real-time tasks")
-        try:  # fail before anything runs when this process may not use the policy
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(args.realtime))
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except (OSError, OverflowError) as exc:
-            parser.error(f"--realtime {args.realtime}: {exc}")
+        refused = targets_module.realtime_refused(args.realtime)  # fail before anything runs
+        if refused is not None:
+            parser.error(f"--realtime {args.realtime}: {refused}")
     if args.worker_cpu is not None:
         if args.target != "classmesh":
             parser.error(f"--worker-cpu caps the classmesh node; the target is {args.target}")

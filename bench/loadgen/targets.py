@@ -94,6 +94,17 @@ AUTOGROUP_NICE: int | None = None  # set once by bench/sfu_capacity.py from --pr
 SFU_REALTIME: int | None = None  # set once by bench/sfu_capacity.py from --realtime
 
 
+def realtime_refused(priority: int) -> str | None:
+    """Why this process may not run a child under SCHED_RR at ``priority`` (None: it may). Tried on this
+    process itself and undone at once."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+    except (OSError, OverflowError) as exc:
+        return str(exc)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    return None
+
+
 def _die_with_parent(sfu: bool = False) -> None:
     """In the child before exec (after setsid, so in its own scheduler autogroup): get SIGTERM when
     the benchmark process dies, however it dies; apply the run's autogroup nice value, and for the

@@ -80,16 +80,7 @@ def test_publishers_start_their_loops_with_keyframes_evenly_apart() -> None:
     assert [spread_start(_stream(90, 1000), k, 3) for k in range(3)] == [0, 30, 60]
 
 
-def _can_use_realtime() -> bool:
-    try:
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
-    except OSError:
-        return False
-    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    return True
-
-
-@pytest.mark.skipif(not _can_use_realtime(), reason="SCHED_RR needs root (CAP_SYS_NICE)")
+@pytest.mark.skipif(targets.realtime_refused(1) is not None, reason="SCHED_RR needs root (CAP_SYS_NICE)")
 def test_only_the_sfu_runs_real_time_and_what_it_starts_inherits_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(targets, "SFU_REALTIME", 7)
     target = targets._ProcessTarget()
