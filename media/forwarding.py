@@ -10,6 +10,9 @@ else happens below its public API, and only here:
   to the forwarder instead of depacketising, buffering and decoding it. It also wraps
   ``_handle_rtcp_packet`` to learn the publisher's sender reports, and exposes the receiver's
   private ``_send_rtcp_pli``/``_send_rtcp_nack``.
+* :class:`DirectReceive` replaces ``data_received`` on the publisher connection's aioice
+  ``Connection``: once SRTP is up, an RTP packet is decrypted, parsed, routed and handed to its
+  ``ReceiverTap`` in the socket's own callback, without aioice's queue and aiortc's DTLS task.
 * :class:`SenderTap` turns an ``RTCRtpSender`` of a subscriber connection into a raw RTP output:
   its ``_run_rtp`` loop (which would call ``track.recv()`` and encode) is replaced by an idle
   coroutine, its ``_run_rtcp`` loop (zero-count sender reports) by one that sends the reports the
@@ -28,11 +31,13 @@ import asyncio
 import logging
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc import rtcrtpreceiver as _aiortc_receiver
@@ -40,13 +45,14 @@ from aiortc import rtp as _aiortc_rtp
 from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtp import RtpPacket
 
 from .errors import InternalsChangedError
 from .rtp import ExtensionIds, RtpPacketLike, SenderReport
 
 logger = logging.getLogger(__name__)
 
-RtpHandler = Callable[[RtpPacketLike, float], Awaitable[None]]
+RtpHandler = Callable[[RtpPacketLike, float], None]
 RtcpHandler = Callable[[bytes], Awaitable[None]]
 
 _R = "_RTCRtpReceiver__"
@@ -96,11 +102,23 @@ async def check_internals() -> None:
             if not hasattr(transceiver.sender, name):
                 missing.append(f"RTCRtpSender.{name}")
         transport = transceiver.sender.transport
-        for name in ("_send_rtp", "_rtp_router", "_handle_rtp_data", "state", "_state", "_tx_srtp", "transport"):
+        for name in (
+            "_send_rtp",
+            "_rtp_router",
+            "_rtp_header_extensions_map",
+            "_handle_rtp_data",
+            "state",
+            "_state",
+            "_tx_srtp",
+            "_rx_srtp",
+            "transport",
+        ):
             if not hasattr(transport, name):
                 missing.append(f"RTCDtlsTransport.{name}")
         if not hasattr(transport.transport, "_connection"):
             missing.append("RTCIceTransport._connection")
+        if not hasattr(transport._rtp_router, "route_rtp"):
+            missing.append("RtpRouter.route_rtp")
         for name in ("_codecs", "_headerExtensions"):
             if not hasattr(transceiver, name):
                 missing.append(f"RTCRtpTransceiver.{name}")
@@ -111,6 +129,10 @@ async def check_internals() -> None:
         missing.append("aioice.ice.Connection._protocols")
     if not isinstance(getattr(connection, "_nominated", None), dict):
         missing.append("aioice.ice.Connection._nominated")
+    if not isinstance(getattr(connection, "_queue", None), asyncio.Queue):
+        missing.append("aioice.ice.Connection._queue")
+    if not callable(getattr(connection, "data_received", None)):
+        missing.append("aioice.ice.Connection.data_received")
     if not isinstance(getattr(aioice.ice.CandidatePair, "remote_addr", None), property):
         missing.append("aioice.ice.CandidatePair.remote_addr")
     for module, name in (
@@ -119,6 +141,8 @@ async def check_internals() -> None:
         (aioice.ice.Connection, "get_component_candidates"),
         (_aiortc_rtp, "unwrap_rtx"),
         (_aiortc_rtp, "pack_remb_fci"),
+        (_aiortc_rtp, "RtcpRtpfbPacket"),
+        (_aiortc_rtp, "RTCP_RTPFB_NACK"),
         (_aiortc_rtp, "RtcpSrPacket"),
         (_aiortc_receiver, "StreamStatistics"),
     ):
@@ -262,14 +286,43 @@ def transceiver_extensions(transceiver: RTCRtpTransceiver) -> ExtensionIds:
     return ExtensionIds.from_uris((e.id, e.uri) for e in transceiver._headerExtensions)
 
 
+def send_now(dtls: Any, data: bytes, *, rtcp: bool = False) -> bool:
+    """Protect one RTP (or, with ``rtcp``, RTCP) packet with ``dtls``'s SRTP session and hand it to the nominated
+    ICE pair's socket right here; False (nothing sent) when the transport is not up or has no nominated pair yet.
+
+    The same steps as aiortc's ``_send_rtp``, without the five coroutines aiortc and aioice stack between the two
+    (~5 % of the node's CPU at 64 streams). aiortc's transport byte counters do not see these packets; nothing
+    here reads them."""
+    if dtls._state is not _DtlsState.CONNECTED:
+        return False
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None or pair.protocol.transport is None:
+        return False
+    srtp = dtls._tx_srtp
+    pair.protocol.transport.sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr)
+    return True
+
+
+#: aiortc stamps arrivals in milliseconds since the NTP epoch (``aiortc.clock.current_ms``, which goes through
+#: ``datetime``); the direct path uses the same origin, so the REMB estimator sees one clock from both paths.
+_NTP_EPOCH_MS = 2_208_988_800_000
+
+
 class ReceiverTap:
-    """Takes a publisher receiver's RTP before aiortc depacketises or decodes it."""
+    """Takes a publisher receiver's RTP before aiortc depacketises or decodes it.
+
+    Packets arrive either through aiortc (the connection's first ones, and any that queue behind a DTLS or
+    SRTCP datagram) or, with ``direct``, through the connection's :class:`DirectReceive`; both end in
+    :meth:`handle`. (The benchmark's subscribers count at the socket themselves and pass ``direct=False``.)
+    """
 
     def __init__(
         self,
         receiver: RTCRtpReceiver,
         on_rtp: RtpHandler,
         on_sender_report: Callable[[SenderReport], None],
+        *,
+        direct: bool = True,
     ) -> None:
         self._receiver = receiver
         self._on_rtp = on_rtp
@@ -278,8 +331,13 @@ class ReceiverTap:
         self._closed = False
         receiver._handle_rtp_packet = self._handle_rtp  # type: ignore[method-assign]
         receiver._handle_rtcp_packet = self._handle_rtcp  # type: ignore[method-assign]
+        if direct:
+            DirectReceive.of(receiver.transport).taps[receiver] = self
 
     async def _handle_rtp(self, packet: Any, arrival_time_ms: int) -> None:
+        self.handle(packet, arrival_time_ms)
+
+    def handle(self, packet: Any, arrival_time_ms: int) -> None:
         r = self._receiver
         if self._closed or not r._enabled:
             return
@@ -304,7 +362,7 @@ class ReceiverTap:
                     media_ssrc=0,
                     fci=_aiortc_rtp.pack_remb_fci(*remb),
                 )
-                await r._send_rtcp(fb)
+                send_now(r.transport, bytes(fb), rtcp=True)  # not up: the estimator sends another one soon
         streams = d[f"{_R}remote_streams"]
         stats = streams.get(packet.ssrc)
         if stats is None:
@@ -317,9 +375,13 @@ class ReceiverTap:
                 return
             packet = _aiortc_rtp.unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
         nack = d[f"{_R}nack_generator"]
-        if nack is not None and nack.add(packet):
-            await r._send_rtcp_nack(packet.ssrc, sorted(nack.missing))
-        await self._on_rtp(packet, arrival_time_ms / 1000.0)
+        if nack is not None and nack.add(packet) and rtcp_ssrc is not None:
+            request = _aiortc_rtp.RtcpRtpfbPacket(
+                fmt=_aiortc_rtp.RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=packet.ssrc
+            )
+            request.lost = sorted(nack.missing)
+            send_now(r.transport, bytes(request), rtcp=True)
+        self._on_rtp(packet, arrival_time_ms / 1000.0)
 
     async def _handle_rtcp(self, packet: Any) -> None:
         await self._original_rtcp(packet)
@@ -337,6 +399,60 @@ class ReceiverTap:
 
     def close(self) -> None:
         self._closed = True
+
+
+class DirectReceive:
+    """The receive path of one publisher connection, below aiortc.
+
+    aioice hands every datagram of a connection to ``Connection.data_received``, which queues it for aiortc's
+    DTLS task; that task decrypts it and awaits a chain of coroutines down to the receiver. Replaced on the
+    instance, ``data_received`` does the same steps for an SRTP-protected RTP packet in the socket's callback
+    and calls the receiver's :class:`ReceiverTap` directly. Everything else (STUN is handled before this,
+    DTLS, SRTCP, packets before SRTP is up) takes aiortc's path, and so does any packet arriving while that
+    path still holds one, which keeps the arrival order.
+    """
+
+    def __init__(self, dtls: Any) -> None:
+        self._dtls = dtls
+        connection = dtls.transport._connection
+        self._queue: asyncio.Queue[tuple[bytes, int] | None] = connection._queue
+        #: receiver → its tap; a closed tap stays (its packets are dropped there)
+        self.taps: dict[Any, ReceiverTap] = {}
+        self.packets = 0
+        connection.data_received = self.data_received
+
+    @classmethod
+    def of(cls, dtls: Any) -> DirectReceive:
+        """The direct path of a DTLS transport's connection, installed on first use."""
+        existing = getattr(dtls.transport._connection.data_received, "__self__", None)
+        return existing if isinstance(existing, DirectReceive) else cls(dtls)
+
+    def data_received(self, data: bytes, component: int) -> None:
+        dtls = self._dtls
+        srtp = dtls._rx_srtp
+        if (
+            srtp is None
+            or len(data) < 12
+            or not (127 < data[0] < 192)
+            or 192 <= data[1] <= 208  # RTCP
+            or not self._queue.empty()
+        ):
+            self._queue.put_nowait((data, component))
+            return
+        arrival_ms = int(time.time() * 1000) + _NTP_EPOCH_MS
+        try:
+            packet = RtpPacket.parse(srtp.unprotect(data), dtls._rtp_header_extensions_map)
+        except (pylibsrtp.Error, ValueError):
+            return  # aiortc drops these too
+        receiver = dtls._rtp_router.route_rtp(packet)
+        tap = self.taps.get(receiver)
+        if tap is None:
+            return  # aiortc would route it nowhere either (a receiver without a tap never exists on a publisher)
+        self.packets += 1
+        try:
+            tap.handle(packet, arrival_ms)
+        except Exception:  # aiortc's task would end the whole connection here; one packet is enough
+            logger.exception("forwarding a packet of ssrc=%d failed", packet.ssrc)
 
 
 # -- subscriber side -----------------------------------------------------------------------------
@@ -412,20 +528,8 @@ class SenderTap:
             pass
 
     def send_rtp_now(self, data: bytes) -> bool:
-        """Protect one RTP packet and hand it to the socket right here; False (nothing sent) when the
-        transport is not up or has no nominated ICE pair yet, and :meth:`send` must take it.
-
-        The same steps as aiortc's ``_send_rtp`` with the nominated pair's socket, without the five
-        coroutines aiortc and aioice stack between the two (~5 % of the node's CPU at 64 streams). aiortc's
-        transport byte counters do not see these packets; nothing here reads them."""
-        dtls = self._sender.transport
-        if dtls._state is not _DtlsState.CONNECTED:
-            return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or pair.protocol.transport is None:
-            return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
-        return True
+        """Send one RTP packet right here (:func:`send_now`); False (nothing sent) when the transport is not up."""
+        return send_now(self._sender.transport, data)
 
     async def _send_parameters(self, parameters: RTCRtpSendParameters) -> None:
         self.parameters = parameters

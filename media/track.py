@@ -133,7 +133,7 @@ class PublishedTrack:
     def codec_for(self, payload_type: int) -> CodecInfo | None:
         return self.codecs.get(payload_type)
 
-    async def _on_rtp(self, packet: RtpPacketLike, arrival: float) -> None:
+    def _on_rtp(self, packet: RtpPacketLike, arrival: float) -> None:
         now = time.monotonic()
         self.media_ssrc = packet.ssrc
         self.packets += 1
@@ -163,7 +163,7 @@ class PublishedTrack:
         sent = 0
         octets = 0
         for slot in tuple(self._outputs):
-            size = await slot.forward(packet, keyframe, now, send_time)
+            size = slot.forward(packet, keyframe, now, send_time)
             if size:
                 sent += 1
                 octets += size
@@ -372,7 +372,7 @@ class OutputSlot:
             if self.track is not None:
                 self.track.request_keyframe()
 
-    async def forward(self, packet: RtpPacketLike, keyframe: bool, now: float, send_time: int) -> int:
+    def forward(self, packet: RtpPacketLike, keyframe: bool, now: float, send_time: int) -> int:
         """Send one packet of the assigned track; returns the bytes sent (0 if not sent, or if it was sent in a
         keyframe replay, whose packets are counted here)."""
         if self._writer is None:
@@ -391,7 +391,7 @@ class OutputSlot:
                     self._metrics.keyframe_replays.inc()
                     packets = octets = 0
                     for cached in replay:
-                        size = await self._send(cached, now, send_time)
+                        size = self._send(cached, now, send_time)
                         packets += size > 0
                         octets += size
                     self._kind_metrics.forwarded_packets.inc(packets)  # counted here: the caller counts one
@@ -410,9 +410,9 @@ class OutputSlot:
                 return 0
             self.waiting_keyframe = False
             self._rewriter.switch()
-        return await self._send(packet, now, send_time)
+        return self._send(packet, now, send_time)
 
-    async def _send(self, packet: RtpPacketLike, now: float, send_time: int) -> int:
+    def _send(self, packet: RtpPacketLike, now: float, send_time: int) -> int:
         pts = self._pt_map.get(packet.payload_type)
         if pts is None or self._writer is None:
             return 0
@@ -423,8 +423,7 @@ class OutputSlot:
         if self.drop is not None and self.drop(seq):
             self.dropped_by_hook += 1
             return 0
-        if not self.tap.send_rtp_now(data):
-            await self.tap.send(data)
+        self.tap.send_rtp_now(data)  # False: the connection is not up yet, and aiortc would drop it as well
         return len(data)
 
     async def _retransmit(self, out_seq: int) -> bool:

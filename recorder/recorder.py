@@ -347,7 +347,7 @@ class Recorder:
             return
         state = self._add_track(mid, desc, desc.get("kind", transceiver.kind), codec, codecs[0].clock_rate)
 
-        async def on_rtp(packet: Any, arrival: float) -> None:
+        def on_rtp(packet: Any, arrival: float) -> None:
             state.ssrc = packet.ssrc
             self._on_packet(state, packet, time.time())
 

@@ -315,7 +315,8 @@ class SubscriberTap:
         inner: Callable[[Any, int], Any] | None = None
         if video:
             # keeps aiortc's receiver statistics, RTX unwrapping and NACK generator, never decodes
-            self._receiver_taps.append(ReceiverTap(receiver, self._ignore_rtp, self._ignore_report))
+            tap = ReceiverTap(receiver, self._ignore_rtp, self._ignore_report, direct=False)
+            self._receiver_taps.append(tap)
             inner = receiver._handle_rtp_packet
         self._install(receiver, transceiver, video, inner)
 
@@ -361,7 +362,7 @@ class SubscriberTap:
             self.stack_lags.append(time.monotonic() - stamp)
         return True
 
-    async def _ignore_rtp(self, packet: Any, arrival: float) -> None:
+    def _ignore_rtp(self, packet: Any, arrival: float) -> None:
         return None
 
     def _ignore_report(self, report: Any) -> None:

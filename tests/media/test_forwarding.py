@@ -43,7 +43,7 @@ async def test_taps_replace_aiortc_methods_on_the_instance() -> None:
     try:
         t = pc.addTransceiver("video", direction="sendrecv")
 
-        async def on_rtp(packet: Any, arrival: float) -> None:
+        def on_rtp(packet: Any, arrival: float) -> None:
             pass
 
         async def on_rtcp(data: bytes) -> None:
@@ -125,6 +125,36 @@ async def test_outputs_send_below_aiortc_once_connected_and_carry_no_bandwidth_e
     out.tap.send_rtp_now = counting  # type: ignore[method-assign]
     await wait_for(lambda: calls >= 30 and sum(r.packets for r in bob.received.values()) >= before + 30, within=10)
     player.video.stop()
+
+
+async def test_publisher_packets_arrive_below_aiortc_and_bad_datagrams_change_nothing(
+    harness: Harness, vp8_file: Path
+) -> None:
+    _, player = await _publish_file(harness, vp8_file)
+    bob = await harness.join(info("bob"))
+    await wait_for(lambda: any(r.packets > 30 for r in bob.received.values()), within=15)
+    (track,) = harness.room.participant("alice").published_tracks()
+    assert track._tap is not None
+    receiver = track._tap._receiver
+    direct = forwarding.DirectReceive.of(receiver.transport)
+    assert direct.taps[receiver] is track._tap
+    # once SRTP is up the publisher's RTP takes the direct path: aiortc's queue stays empty
+    before, direct_before = track.packets, direct.packets
+    await wait_for(lambda: direct.packets >= direct_before + 30, within=10)
+    assert track.packets - before >= direct.packets - direct_before - 1
+    queue = receiver.transport.transport._connection._queue
+    assert queue.empty()
+    # what a hostile or broken peer might send on the same socket: too short, not decryptable, RTCP-shaped.
+    # None of it raises, reaches the track, or is counted as direct.
+    player.video.stop()
+    await asyncio.sleep(0.2)
+    counted, direct_counted = track.packets, direct.packets
+    for junk in (b"\x80", b"\x80\x60" + bytes(30), b"\x80\xc8" + bytes(30)):
+        direct.data_received(junk, 1)
+    assert track.packets == counted and direct.packets == direct_counted
+    # the short and the RTCP-shaped ones went to aiortc's path (which drops them), in arrival order
+    await asyncio.sleep(0.05)
+    assert queue.empty()
 
 
 async def test_a_sender_tap_that_is_not_connected_leaves_the_packet_to_aiortc() -> None:
