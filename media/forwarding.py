@@ -286,6 +286,17 @@ def transceiver_extensions(transceiver: RTCRtpTransceiver) -> ExtensionIds:
     return ExtensionIds.from_uris((e.id, e.uri) for e in transceiver._headerExtensions)
 
 
+def _route(dtls: Any) -> tuple[Any, Any, Callable[[bytes, Any], None], Any] | None:
+    """(transport, its SRTP session, the nominated ICE pair's ``sendto``, the peer's address), or None while the
+    transport is not up or has no nominated pair yet."""
+    if dtls._state is not _DtlsState.CONNECTED:
+        return None
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None or pair.protocol.transport is None:
+        return None
+    return dtls, dtls._tx_srtp, pair.protocol.transport.sendto, pair.remote_addr
+
+
 def send_now(dtls: Any, data: bytes, *, rtcp: bool = False) -> bool:
     """Protect one RTP (or, with ``rtcp``, RTCP) packet with ``dtls``'s SRTP session and hand it to the nominated
     ICE pair's socket right here; False (nothing sent) when the transport is not up or has no nominated pair yet.
@@ -293,13 +304,11 @@ def send_now(dtls: Any, data: bytes, *, rtcp: bool = False) -> bool:
     The same steps as aiortc's ``_send_rtp``, without the five coroutines aiortc and aioice stack between the two
     (~5 % of the node's CPU at 64 streams). aiortc's transport byte counters do not see these packets; nothing
     here reads them."""
-    if dtls._state is not _DtlsState.CONNECTED:
+    route = _route(dtls)
+    if route is None:
         return False
-    pair = dtls.transport._connection._nominated.get(1)
-    if pair is None or pair.protocol.transport is None:
-        return False
-    srtp = dtls._tx_srtp
-    pair.protocol.transport.sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), pair.remote_addr)
+    _, srtp, sendto, addr = route
+    sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), addr)
     return True
 
 
@@ -482,6 +491,7 @@ class SenderTap:
         self._original_send = sender.send
         self.parameters: RTCRtpSendParameters | None = None
         self.started = asyncio.Event()
+        self._route: tuple[Any, Any, Callable[[bytes, Any], None], Any] | None = None
         sender._run_rtp = self._idle_rtp  # type: ignore[method-assign]
         sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
         sender._handle_rtcp_packet = self._handle_rtcp  # type: ignore[method-assign]
@@ -528,8 +538,16 @@ class SenderTap:
             pass
 
     def send_rtp_now(self, data: bytes) -> bool:
-        """Send one RTP packet right here (:func:`send_now`); False (nothing sent) when the transport is not up."""
-        return send_now(self._sender.transport, data)
+        """Send one RTP packet right here (as :func:`send_now`); False (nothing sent) when the transport is not up.
+        The route is looked up once per connection (aioice nominates a pair once), not per packet."""
+        dtls = self._sender.transport
+        route = self._route
+        if route is None or route[0] is not dtls or dtls._state is not _DtlsState.CONNECTED:
+            route = self._route = _route(dtls)
+            if route is None:
+                return False
+        route[2](route[1].protect(data), route[3])
+        return True
 
     async def _send_parameters(self, parameters: RTCRtpSendParameters) -> None:
         self.parameters = parameters
