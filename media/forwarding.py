@@ -46,6 +46,7 @@ from aiortc.codecs import is_rtx
 from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import RtpPacket
+from pylibsrtp import _binding as _srtp_binding
 
 from .errors import InternalsChangedError
 from .rtp import ExtensionIds, RtpPacketLike, SenderReport
@@ -135,7 +136,14 @@ async def check_internals() -> None:
         missing.append("aioice.ice.Connection.data_received")
     if not isinstance(getattr(aioice.ice.CandidatePair, "remote_addr", None), property):
         missing.append("aioice.ice.CandidatePair.remote_addr")
+    session = pylibsrtp.Session()
+    for name in ("_srtp", "_cdata", "_buffer"):
+        if not hasattr(session, name):
+            missing.append(f"pylibsrtp.Session.{name}")
     for module, name in (
+        (_srtp_binding.lib, "srtp_protect"),
+        (pylibsrtp, "SRTP_MAX_TRAILER_LEN"),
+        (pylibsrtp, "ERRORS"),
         (aioice.ice, "get_host_addresses"),
         (aioice.ice, "StunProtocol"),
         (aioice.ice.Connection, "get_component_candidates"),
@@ -310,6 +318,31 @@ def send_now(dtls: Any, data: bytes, *, rtcp: bool = False) -> bool:
     _, srtp, sendto, addr = route
     sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), addr)
     return True
+
+
+def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """``session.protect`` for one output's packets, with the same libsrtp call on the session's own buffer but
+    without what pylibsrtp adds per call (an ``int *`` allocated through cffi, type and length checks, a
+    name-mangled method): 2.6-3.5 µs instead of 5.1-6.1 µs for a 1.1 kB packet here, measured in a tight loop."""
+    context = session._srtp[0]
+    cdata = session._cdata
+    buffer = session._buffer
+    length = _srtp_binding.ffi.new("int *")
+    protect = _srtp_binding.lib.srtp_protect
+    limit = len(buffer) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+
+    def run(data: bytes, _session: pylibsrtp.Session = session) -> bytes:  # the default keeps the session alive
+        size = len(data)
+        if size > limit:
+            raise ValueError("packet is too long")
+        buffer[0:size] = data
+        length[0] = size
+        rc = protect(context, cdata, length)
+        if rc:
+            raise pylibsrtp.Error(pylibsrtp.ERRORS[rc])
+        return buffer[0 : length[0]]  # a copy (bytes)
+
+    return run
 
 
 #: aiortc stamps arrivals in milliseconds since the NTP epoch (``aiortc.clock.current_ms``, which goes through
@@ -491,7 +524,7 @@ class SenderTap:
         self._original_send = sender.send
         self.parameters: RTCRtpSendParameters | None = None
         self.started = asyncio.Event()
-        self._route: tuple[Any, Any, Callable[[bytes, Any], None], Any] | None = None
+        self._route: tuple[Any, Callable[[bytes], bytes], Callable[[bytes, Any], None], Any] | None = None
         sender._run_rtp = self._idle_rtp  # type: ignore[method-assign]
         sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
         sender._handle_rtcp_packet = self._handle_rtcp  # type: ignore[method-assign]
@@ -543,10 +576,12 @@ class SenderTap:
         dtls = self._sender.transport
         route = self._route
         if route is None or route[0] is not dtls or dtls._state is not _DtlsState.CONNECTED:
-            route = self._route = _route(dtls)
-            if route is None:
+            found = _route(dtls)
+            if found is None:
+                self._route = None
                 return False
-        route[2](route[1].protect(data), route[3])
+            route = self._route = (dtls, srtp_protector(found[1]), found[2], found[3])
+        route[2](route[1](data), route[3])
         return True
 
     async def _send_parameters(self, parameters: RTCRtpSendParameters) -> None:

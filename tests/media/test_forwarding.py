@@ -14,6 +14,7 @@ import aiortc.codecs.h264
 import aiortc.codecs.opus
 import aiortc.codecs.vpx
 import aiortc.rtcrtpsender
+import pylibsrtp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
@@ -155,6 +156,23 @@ async def test_publisher_packets_arrive_below_aiortc_and_bad_datagrams_change_no
     # the short and the RTCP-shaped ones went to aiortc's path (which drops them), in arrival order
     await asyncio.sleep(0.05)
     assert queue.empty()
+
+
+def test_srtp_protector_matches_pylibsrtp_and_keeps_its_errors() -> None:
+    key = bytes(range(30))
+
+    def session() -> pylibsrtp.Session:
+        return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+
+    reference, fast = session(), session()
+    protect = forwarding.srtp_protector(fast)
+    for seq in range(40):
+        packet = bytes([0x80, 96]) + seq.to_bytes(2, "big") + bytes(8) + bytes([seq]) * (seq * 30)
+        assert protect(packet) == reference.protect(packet)
+    with pytest.raises(pylibsrtp.Error):  # the same sequence number again: libsrtp's replay check
+        protect(packet)
+    with pytest.raises(ValueError):
+        protect(bytes([0x80, 96, 0, 99]) + bytes(1500))
 
 
 async def test_a_sender_tap_that_is_not_connected_leaves_the_packet_to_aiortc() -> None:

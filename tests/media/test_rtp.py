@@ -136,6 +136,21 @@ def test_writer_output_parses_with_aiortc_and_maps_extension_ids() -> None:
     assert rtx.ssrc == 99 and rtx.payload[:2] == b"\x10\x92"
 
 
+def test_writer_shortcut_for_send_time_only_packets_equals_the_general_layout() -> None:
+    ids = rtp.ExtensionIds.from_uris([(1, rtp.URI_MID), (3, rtp.URI_ABS_SEND_TIME)])
+    video = Pkt(1, 2, payload=b"vp8 payload", payload_type=96, marker=1)
+    for mid in ("0", "12", "123", "abcd", "a" * 16):  # every padding length
+        writer = rtp.RtpWriter(77, ids, mid)
+        for send_time in (0, 1, 0xABCDEF, 0xFFFFFF):
+            data = writer.build(video, 98, 65535, 0xFFFFFFFF, send_time=send_time)
+            general = writer._extensions(None, send_time)
+            assert data[12:] == general + video.payload
+            parsed = RtpPacket.parse(data)
+            assert (parsed.ssrc, parsed.payload_type, parsed.marker, parsed.payload) == (77, 98, 1, video.payload)
+            elements = dict(rtp.parse_one_byte_extensions(data[16 : 16 + 4 * int.from_bytes(data[14:16], "big")]))
+            assert elements == {1: mid.encode(), 3: send_time.to_bytes(3, "big")}
+
+
 def test_sender_report_round_trip_and_aiortc_agrees() -> None:
     block = rtp.ReportBlock(ssrc=7, fraction_lost=25, packets_lost=-3, highest_sequence=70000, jitter=12, lsr=5, dlsr=6)
     sr = rtp.SenderReport(
