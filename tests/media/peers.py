@@ -25,7 +25,7 @@ from media import events as ev
 from media.forwarding import observe_receiver, observe_sender_rtcp, rtc_configuration, sender_ssrc
 from media.participant import Participant
 from media.room import Room
-from media.rtp import Fir, Nack, Pli, parse_rtcp
+from media.rtp import Fir, Nack, Pli, Remb, parse_rtcp
 
 
 class ToneTrack(MediaStreamTrack):
@@ -108,6 +108,7 @@ class Client:
         self.offers = 0
         self.keyframe_requests: list[float] = []
         self.nacks: list[int] = []
+        self.rembs: list[int] = []  # bitrates the SFU estimated for this publisher
         self.sources: dict[str, str] = {}
         self.packet_filter: Callable[[Any], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -153,6 +154,8 @@ class Client:
                 self.keyframe_requests.append(time.monotonic())
             elif isinstance(msg, Nack):
                 self.nacks.extend(msg.lost)
+            elif isinstance(msg, Remb):
+                self.rembs.append(msg.bitrate)
 
     def on_event(self, event: ev.RoomEvent) -> None:
         if isinstance(event, ev.SubscriberOffer) and event.participant_id == self.participant_id:

@@ -158,6 +158,36 @@ async def test_publisher_packets_arrive_below_aiortc_and_bad_datagrams_change_no
     assert queue.empty()
 
 
+async def test_publisher_feedback_leaves_from_the_direct_path(harness: Harness, vp8_file: Path) -> None:
+    """REMB, and NACKs for packets lost on the way in, reach the publisher while its RTP takes the direct path."""
+    alice, player = await _publish_file(harness, vp8_file)
+    (track,) = harness.room.participant("alice").published_tracks()
+    assert track._tap is not None
+    dtls = track._tap._receiver.transport
+    direct = forwarding.DirectReceive.of(dtls)
+    await wait_for(lambda: direct.packets > 30, within=15)
+    await wait_for(lambda: len(alice.rembs) > 0, within=10)
+    assert alice.nacks == []
+    # the network loses every 10th RTP datagram from the publisher
+    connection = dtls.transport._connection
+    arrived = connection.data_received
+    seen = 0
+
+    def lossy(data: bytes, component: int) -> None:
+        nonlocal seen
+        if 127 < data[0] < 192 and not 192 <= data[1] <= 208:
+            seen += 1
+            if seen % 10 == 0:
+                return
+        arrived(data, component)
+
+    connection.data_received = lossy
+    streams = track._tap._receiver.__dict__["_RTCRtpReceiver__remote_streams"]
+    await wait_for(lambda: len(alice.nacks) >= 3, within=10)
+    assert streams  # aiortc's receiver statistics (behind its receiver reports) are kept on this path too
+    player.video.stop()
+
+
 def test_srtp_protector_matches_pylibsrtp_and_keeps_its_errors() -> None:
     key = bytes(range(30))
 
