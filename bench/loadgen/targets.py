@@ -464,7 +464,10 @@ class ClassmeshTarget(_ProcessTarget):
                 await wait_http(url, 60, process, ready=True)  # a front waits for its workers first
             except TargetUnavailable as exc:
                 raise TargetUnavailable(f"classmesh {label} did not come up: {exc}\n{self.log_tail(label)}") from None
-        await _wait_nodes(f"http://127.0.0.1:{orchestrator_port}/healthz", 1, 30)
+        try:
+            await _wait_nodes(f"http://127.0.0.1:{orchestrator_port}/healthz", 1, 30)
+        except TargetUnavailable as exc:
+            raise TargetUnavailable(f"{exc}\n{self.log_tail('media')}\n{self.log_tail('orchestrator')}") from None
         rooms = tuple(f"bench-r{i}" for i in range(publishers))
         tokens = {
             f"pub:{i}": issuer.mint(
