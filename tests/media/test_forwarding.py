@@ -77,6 +77,14 @@ async def _publish_file(h: Harness, path: Path, codec: str | None = None) -> tup
     return pub, player
 
 
+async def _forwarding_to_bob(h: Harness, path: Path, codec: str | None = None) -> tuple[Any, MediaPlayer]:
+    """alice publishes ``path``; returns bob once he has received 30 of its packets, and alice's player."""
+    _, player = await _publish_file(h, path, codec)
+    bob = await h.join(info("bob"))
+    await wait_for(lambda: any(r.packets > 30 for r in bob.received.values()), within=15)
+    return bob, player
+
+
 async def test_raw_packets_reach_subscriber_with_its_ssrc_and_payload_type(harness: Harness, vp8_file: Path) -> None:
     _, player = await _publish_file(harness, vp8_file)
     bob = await harness.join(info("bob"))
@@ -102,9 +110,7 @@ async def test_raw_packets_reach_subscriber_with_its_ssrc_and_payload_type(harne
 async def test_outputs_send_below_aiortc_once_connected_and_carry_no_bandwidth_estimator(
     harness: Harness, vp8_file: Path
 ) -> None:
-    _, player = await _publish_file(harness, vp8_file)
-    bob = await harness.join(info("bob"))
-    await wait_for(lambda: any(r.packets > 30 for r in bob.received.values()), within=15)
+    bob, player = await _forwarding_to_bob(harness, vp8_file)
     subscriber = harness.room.participant("bob").subscriber
     assert subscriber is not None
     (out,) = [s for s in subscriber.slots if s.track is not None]
@@ -131,9 +137,7 @@ async def test_outputs_send_below_aiortc_once_connected_and_carry_no_bandwidth_e
 async def test_publisher_packets_arrive_below_aiortc_and_bad_datagrams_change_nothing(
     harness: Harness, vp8_file: Path
 ) -> None:
-    _, player = await _publish_file(harness, vp8_file)
-    bob = await harness.join(info("bob"))
-    await wait_for(lambda: any(r.packets > 30 for r in bob.received.values()), within=15)
+    _, player = await _forwarding_to_bob(harness, vp8_file)
     (track,) = harness.room.participant("alice").published_tracks()
     assert track._tap is not None
     receiver = track._tap._receiver
@@ -220,9 +224,7 @@ async def test_a_sender_tap_that_is_not_connected_leaves_the_packet_to_aiortc() 
 
 
 async def test_h264_is_forwarded_from_a_keyframe(harness: Harness, h264_file: Path) -> None:
-    _, player = await _publish_file(harness, h264_file, codec="H264")
-    bob = await harness.join(info("bob"))
-    await wait_for(lambda: any(r.packets > 30 for r in bob.received.values()), within=15)
+    bob, player = await _forwarding_to_bob(harness, h264_file, "H264")
     (rec,) = bob.by_publisher("alice", "video")
     assert rec.first_payload is not None and is_h264_keyframe(rec.first_payload)
     track = harness.room.participant("alice").published_tracks()[0]
