@@ -525,6 +525,7 @@ class SenderTap:
         self.parameters: RTCRtpSendParameters | None = None
         self.started = asyncio.Event()
         self._route: tuple[Any, Callable[[bytes], bytes], Callable[[bytes, Any], None], Any] | None = None
+        self.protect_failures = 0
         sender._run_rtp = self._idle_rtp  # type: ignore[method-assign]
         sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
         sender._handle_rtcp_packet = self._handle_rtcp  # type: ignore[method-assign]
@@ -581,7 +582,14 @@ class SenderTap:
                 self._route = None
                 return False
             route = self._route = (dtls, srtp_protector(found[1]), found[2], found[3])
-        route[2](route[1](data), route[3])
+        try:
+            protected = route[1](data)
+        except (pylibsrtp.Error, ValueError) as exc:  # this output loses this packet; the fan-out goes on
+            self.protect_failures += 1
+            if self.protect_failures % 1000 == 1:
+                logger.warning("ssrc=%d packet not protected (%d so far): %s", self.ssrc, self.protect_failures, exc)
+            return False
+        route[2](protected, route[3])
         return True
 
     async def _send_parameters(self, parameters: RTCRtpSendParameters) -> None:

@@ -423,7 +423,7 @@ class OutputSlot:
         if self.drop is not None and self.drop(seq):
             self.dropped_by_hook += 1
             return 0
-        self.tap.send_rtp_now(data)  # False: the connection is not up yet, and aiortc would drop it as well
+        self.tap.send_rtp_now(data)  # False: not sent (the connection is not up yet: aiortc would drop it too)
         return len(data)
 
     async def _retransmit(self, out_seq: int) -> bool:
