@@ -294,15 +294,15 @@ def transceiver_extensions(transceiver: RTCRtpTransceiver) -> ExtensionIds:
     return ExtensionIds.from_uris((e.id, e.uri) for e in transceiver._headerExtensions)
 
 
-def _route(dtls: Any) -> tuple[Any, Any, Callable[[bytes, Any], None], Any] | None:
-    """(transport, its SRTP session, the nominated ICE pair's ``sendto``, the peer's address), or None while the
-    transport is not up or has no nominated pair yet."""
+def _route(dtls: Any) -> tuple[Any, Any, Callable[[bytes, Any], None], Any, Any] | None:
+    """(transport, its SRTP session, the nominated ICE pair's ``sendto``, the peer's address, the pair), or None
+    while the transport is not up or has no nominated pair."""
     if dtls._state is not _DtlsState.CONNECTED:
         return None
     pair = dtls.transport._connection._nominated.get(1)
     if pair is None or pair.protocol.transport is None:
         return None
-    return dtls, dtls._tx_srtp, pair.protocol.transport.sendto, pair.remote_addr
+    return dtls, dtls._tx_srtp, pair.protocol.transport.sendto, pair.remote_addr, pair
 
 
 def send_now(dtls: Any, data: bytes, *, rtcp: bool = False) -> bool:
@@ -315,7 +315,7 @@ def send_now(dtls: Any, data: bytes, *, rtcp: bool = False) -> bool:
     route = _route(dtls)
     if route is None:
         return False
-    _, srtp, sendto, addr = route
+    _, srtp, sendto, addr, _ = route
     sendto(srtp.protect_rtcp(data) if rtcp else srtp.protect(data), addr)
     return True
 
@@ -371,6 +371,7 @@ class ReceiverTap:
         self._on_sender_report = on_sender_report
         self._original_rtcp = receiver._handle_rtcp_packet
         self._closed = False
+        self.failures = 0
         receiver._handle_rtp_packet = self._handle_rtp  # type: ignore[method-assign]
         receiver._handle_rtcp_packet = self._handle_rtcp  # type: ignore[method-assign]
         if direct:
@@ -380,6 +381,16 @@ class ReceiverTap:
         self.handle(packet, arrival_time_ms)
 
     def handle(self, packet: Any, arrival_time_ms: int) -> None:
+        """Both paths end here. An exception is logged (the first, then every 1000th) and the packet dropped:
+        raised into aiortc's task it would end the whole connection, into the socket callback flood the log."""
+        try:
+            self._handle(packet, arrival_time_ms)
+        except Exception:
+            self.failures += 1
+            if self.failures % 1000 == 1:
+                logger.exception("ssrc=%d handling a packet failed (%d so far)", packet.ssrc, self.failures)
+
+    def _handle(self, packet: Any, arrival_time_ms: int) -> None:
         r = self._receiver
         if self._closed or not r._enabled:
             return
@@ -461,6 +472,7 @@ class DirectReceive:
         #: receiver → its tap; a closed tap stays (its packets are dropped there)
         self.taps: dict[Any, ReceiverTap] = {}
         self.packets = 0
+        self.malformed = 0  # decrypted but not parseable as RTP (dropped)
         connection.data_received = self.data_received
 
     @classmethod
@@ -474,6 +486,7 @@ class DirectReceive:
         srtp = dtls._rx_srtp
         if (
             srtp is None
+            or dtls._state is not _DtlsState.CONNECTED
             or len(data) < 12
             or not (127 < data[0] < 192)
             or 192 <= data[1] <= 208  # RTCP
@@ -483,18 +496,20 @@ class DirectReceive:
             return
         arrival_ms = int(time.time() * 1000) + _NTP_EPOCH_MS
         try:
-            packet = RtpPacket.parse(srtp.unprotect(data), dtls._rtp_header_extensions_map)
-        except (pylibsrtp.Error, ValueError):
-            return  # aiortc drops these too
+            plain = srtp.unprotect(data)
+        except pylibsrtp.Error:
+            return  # a replay, or not ours: aiortc drops these too
+        try:
+            packet = RtpPacket.parse(plain, dtls._rtp_header_extensions_map)
+        except Exception:  # ValueError, or struct.error from an extension of the wrong size
+            self.malformed += 1
+            return
         receiver = dtls._rtp_router.route_rtp(packet)
         tap = self.taps.get(receiver)
         if tap is None:
             return  # aiortc would route it nowhere either (a receiver without a tap never exists on a publisher)
         self.packets += 1
-        try:
-            tap.handle(packet, arrival_ms)
-        except Exception:  # aiortc's task would end the whole connection here; one packet is enough
-            logger.exception("forwarding a packet of ssrc=%d failed", packet.ssrc)
+        tap.handle(packet, arrival_ms)
 
 
 # -- subscriber side -----------------------------------------------------------------------------
@@ -524,7 +539,9 @@ class SenderTap:
         self._original_send = sender.send
         self.parameters: RTCRtpSendParameters | None = None
         self.started = asyncio.Event()
-        self._route: tuple[Any, Callable[[bytes], bytes], Callable[[bytes, Any], None], Any] | None = None
+        #: (transport, protect, sendto, address, ICE pair): looked up again when aioice nominates another pair
+        #: (a check from a new address after a NAT rebinding succeeds) or the transport goes down
+        self._route: tuple[Any, Callable[[bytes], bytes], Callable[[bytes, Any], None], Any, Any] | None = None
         self.protect_failures = 0
         sender._run_rtp = self._idle_rtp  # type: ignore[method-assign]
         sender._run_rtcp = self._run_rtcp  # type: ignore[method-assign]
@@ -573,15 +590,20 @@ class SenderTap:
 
     def send_rtp_now(self, data: bytes) -> bool:
         """Send one RTP packet right here (as :func:`send_now`); False (nothing sent) when the transport is not up.
-        The route is looked up once per connection (aioice nominates a pair once), not per packet."""
+        The route is looked up once per connection (and again if aioice nominates another pair), not per packet."""
         dtls = self._sender.transport
         route = self._route
-        if route is None or route[0] is not dtls or dtls._state is not _DtlsState.CONNECTED:
+        if (
+            route is None
+            or route[0] is not dtls
+            or dtls._state is not _DtlsState.CONNECTED
+            or dtls.transport._connection._nominated.get(1) is not route[4]
+        ):
             found = _route(dtls)
             if found is None:
                 self._route = None
                 return False
-            route = self._route = (dtls, srtp_protector(found[1]), found[2], found[3])
+            route = self._route = (dtls, srtp_protector(found[1]), found[2], found[3], found[4])
         try:
             protected = route[1](data)
         except (pylibsrtp.Error, ValueError) as exc:  # this output loses this packet; the fan-out goes on

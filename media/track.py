@@ -96,6 +96,7 @@ class PublishedTrack:
         self.keyframes = 0
         self.plis_sent = 0
         self.nacks_upstream = 0
+        self.forward_failures = 0
         #: the oldest keyframe a new output may start from (seconds): older ones would put a burst of
         #: stale frames in front of the live ones
         self.replay_age = KEYFRAME_WINDOW
@@ -163,7 +164,13 @@ class PublishedTrack:
         sent = 0
         octets = 0
         for slot in tuple(self._outputs):
-            size = slot.forward(packet, keyframe, now, send_time)
+            try:
+                size = slot.forward(packet, keyframe, now, send_time)
+            except Exception:  # one output's failure must not cost the others this packet
+                self.forward_failures += 1
+                if self.forward_failures % 1000 == 1:
+                    logger.exception("track=%s forwarding failed (%d so far)", self.track_id, self.forward_failures)
+                continue
             if size:
                 sent += 1
                 octets += size
@@ -423,8 +430,8 @@ class OutputSlot:
         if self.drop is not None and self.drop(seq):
             self.dropped_by_hook += 1
             return 0
-        self.tap.send_rtp_now(data)  # False: not sent (the connection is not up yet: aiortc would drop it too)
-        return len(data)
+        # not sent: the connection is not up yet (aiortc would drop it too), or libsrtp refused it
+        return len(data) if self.tap.send_rtp_now(data) else 0
 
     async def _retransmit(self, out_seq: int) -> bool:
         track = self.track

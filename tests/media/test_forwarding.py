@@ -6,6 +6,7 @@ If one of these tests fails after an aiortc/aioice upgrade, media/forwarding.py 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,12 @@ async def _publish_file(h: Harness, path: Path, codec: str | None = None) -> tup
     return pub, player
 
 
-async def _forwarding_to_bob(h: Harness, path: Path, codec: str | None = None) -> tuple[Any, MediaPlayer]:
-    """alice publishes ``path``; returns bob once he has received 30 of its packets, and alice's player."""
-    _, player = await _publish_file(h, path, codec)
+async def _forwarding_to_bob(h: Harness, path: Path, codec: str | None = None) -> tuple[Any, Any, MediaPlayer]:
+    """alice publishes ``path``; returns alice, bob once he has received 30 of its packets, and alice's player."""
+    alice, player = await _publish_file(h, path, codec)
     bob = await h.join(info("bob"))
     await wait_for(lambda: any(r.packets > 30 for r in bob.received.values()), within=15)
-    return bob, player
+    return alice, bob, player
 
 
 async def test_raw_packets_reach_subscriber_with_its_ssrc_and_payload_type(harness: Harness, vp8_file: Path) -> None:
@@ -110,7 +111,7 @@ async def test_raw_packets_reach_subscriber_with_its_ssrc_and_payload_type(harne
 async def test_outputs_send_below_aiortc_once_connected_and_carry_no_bandwidth_estimator(
     harness: Harness, vp8_file: Path
 ) -> None:
-    bob, player = await _forwarding_to_bob(harness, vp8_file)
+    _, bob, player = await _forwarding_to_bob(harness, vp8_file)
     subscriber = harness.room.participant("bob").subscriber
     assert subscriber is not None
     (out,) = [s for s in subscriber.slots if s.track is not None]
@@ -131,6 +132,12 @@ async def test_outputs_send_below_aiortc_once_connected_and_carry_no_bandwidth_e
 
     out.tap.send_rtp_now = counting  # type: ignore[method-assign]
     await wait_for(lambda: calls >= 30 and sum(r.packets for r in bob.received.values()) >= before + 30, within=10)
+    # aioice nominates another pair (a check from a new address after a NAT rebinding): the route follows it
+    nominated = out.tap._sender.transport.transport._connection._nominated
+    nominated[1] = copy.copy(nominated[1])
+    before = sum(r.packets for r in bob.received.values())
+    await wait_for(lambda: sum(r.packets for r in bob.received.values()) >= before + 10, within=10)
+    assert out.tap._route is not None and out.tap._route[4] is nominated[1]
     # a packet libsrtp refuses (too long for its buffer) is dropped for this output alone, not raised into the fan-out
     assert original(b"\x80\x60" + bytes(1500)) is False and out.tap.protect_failures == 1
     before = sum(r.packets for r in bob.received.values())
@@ -141,7 +148,7 @@ async def test_outputs_send_below_aiortc_once_connected_and_carry_no_bandwidth_e
 async def test_publisher_packets_arrive_below_aiortc_and_bad_datagrams_change_nothing(
     harness: Harness, vp8_file: Path
 ) -> None:
-    _, player = await _forwarding_to_bob(harness, vp8_file)
+    alice, _, player = await _forwarding_to_bob(harness, vp8_file)
     (track,) = harness.room.participant("alice").published_tracks()
     assert track._tap is not None
     receiver = track._tap._receiver
@@ -164,6 +171,15 @@ async def test_publisher_packets_arrive_below_aiortc_and_bad_datagrams_change_no
     # the short and the RTCP-shaped ones went to aiortc's path (which drops them), in arrival order
     await asyncio.sleep(0.05)
     assert queue.empty()
+    # a packet from the publisher itself (right keys) with a 2-byte abs-send-time: dropped as malformed
+    (sent,) = alice.pub.getTransceivers()
+    ext_id = forwarding.transceiver_extensions(sent).abs_send_time
+    assert ext_id
+    seq = (receiver.__dict__["_RTCRtpReceiver__nack_generator"].max_seq + 1) & 0xFFFF
+    header = bytes([0x90, next(iter(track.codecs))]) + seq.to_bytes(2, "big") + bytes(4)
+    header += track.media_ssrc.to_bytes(4, "big") + b"\xbe\xde\x00\x01" + bytes([ext_id << 4 | 1, 1, 2, 0])
+    direct.data_received(sent.sender.transport._tx_srtp.protect(header + b"payload"), 1)
+    assert direct.malformed == 1 and track.packets == counted and track._tap.failures == 0
 
 
 async def test_publisher_feedback_leaves_from_the_direct_path(harness: Harness, vp8_file: Path) -> None:
@@ -228,7 +244,7 @@ async def test_a_sender_tap_that_is_not_connected_leaves_the_packet_to_aiortc() 
 
 
 async def test_h264_is_forwarded_from_a_keyframe(harness: Harness, h264_file: Path) -> None:
-    bob, player = await _forwarding_to_bob(harness, h264_file, "H264")
+    _, bob, player = await _forwarding_to_bob(harness, h264_file, "H264")
     (rec,) = bob.by_publisher("alice", "video")
     assert rec.first_payload is not None and is_h264_keyframe(rec.first_payload)
     track = harness.room.participant("alice").published_tracks()[0]
