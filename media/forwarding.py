@@ -17,7 +17,8 @@ else happens below its public API, and only here:
   its ``_run_rtp`` loop (which would call ``track.recv()`` and encode) is replaced by an idle
   coroutine, its ``_run_rtcp`` loop (zero-count sender reports) by one that sends the reports the
   forwarder builds, and its ``_handle_rtcp_packet`` hands subscriber RTCP (NACK, PLI, FIR, REMB,
-  RR) to the forwarder. Packets leave through ``sender.transport._send_rtp``.
+  RR) to the forwarder. Once the transport is up, RTP leaves through :func:`send_now`'s steps (SRTP and
+  the nominated ICE pair's socket); retransmissions and sender reports through ``sender.transport._send_rtp``.
 * :func:`configure_ice` sets, process-wide, the host addresses aioice gathers candidates on and
   optionally a UDP port range for the sockets it binds.
 
