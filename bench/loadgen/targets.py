@@ -624,6 +624,8 @@ class ClassmeshClient:
     ) -> None:
         while True:
             offer = await session.offers.get()
+            if pc.signalingState == "closed":
+                return  # the run is over: other generators' publishers leaving make the node renegotiate
             try:
                 await self._answer(session, pc, offer, prepare)
             except Exception as exc:  # a late renegotiation must not end the run
