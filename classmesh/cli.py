@@ -48,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_option(dev, "--host", default="127.0.0.1", help="address every service listens on")
     add_option(
-        dev, "--base-port", type=int, default=8700, help="orchestrator port; signaling uses base+1, recorders base+20.."
+        dev,
+        "--base-port",
+        type=int,
+        default=8700,
+        help="orchestrator port; signaling uses base+1, recorders base+20.. (media: the regions file's ports)",
     )
     add_option(
         dev, "--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="SQLite file, keys and recordings live here"

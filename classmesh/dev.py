@@ -138,14 +138,15 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
             f"  API docs:                           {started[0].url}/v1/docs",
             f"  admin API key (dev only):           {api_key}   (also in {data_dir}/dev-api-key)",
             "",
-            "  service        health                                  metrics",
         ]
+        width = max(len(f"{h.url}/healthz") for h in started)
+        lines.append(f"  {'service':<26} {'health':<{width}}   metrics")
         for h in started:
             label = h.service.name
             node_id = h.service.health().get("node_id") or h.service.health().get("worker_id")
             if node_id:
                 label = f"{label}:{node_id}"
-            lines.append(f"  {label:<26} {h.url}/healthz   {h.url}/metrics")
+            lines.append(f"  {label:<26} {h.url + '/healthz':<{width}}   {h.url}/metrics")
         lines += ["", "Press Ctrl-C to stop.", ""]
         print("\n".join(lines), flush=True)
 

@@ -40,6 +40,7 @@ def configure_logging(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log is noise for /metrics scrapes; aioice and aiortc are chatty at INFO.
-    for name in ("aiohttp.access", "aioice", "aiortc"):
+    # aiohttp's access log is noise for /metrics scrapes; aioice and aiortc are chatty at INFO, and Alembic
+    # (1.16 and later) logs every plugin it sets up before each migration.
+    for name in ("aiohttp.access", "aioice", "aiortc", "alembic.runtime.plugins"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -22,7 +22,14 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.multiprocess
 
 CLASSMESH = str(Path(sys.executable).with_name("classmesh"))
-BAD_SIGNS = ("Task was destroyed", "Unclosed", "ResourceWarning", "Traceback", "never awaited")
+BAD_SIGNS = (
+    "Task was destroyed",
+    "Unclosed",
+    "ResourceWarning",
+    "Traceback",
+    "never awaited",
+    "setup plugin",  # Alembic's per-migration plugin chatter, kept out of the log
+)
 
 
 def regions_with_free_ports(tmp_path: Path, names: list[str]) -> Path:
@@ -123,6 +130,12 @@ def test_dev_starts_everything_prints_urls_and_stops_cleanly(tmp_path: Path) -> 
         assert len(health_urls) == 6 and len(metric_urls) == 6, out
         assert re.search(r"classroom .*http://127\.0\.0\.1:\d+/room/demo\?token=\S+", out)
         assert "/dashboard" in out and "/v1/docs" in out
+        # the service table's header sits over its columns
+        table = [line for line in out.splitlines() if "/healthz" in line or line.lstrip().startswith("service ")]
+        header, rows = table[0], table[1:]
+        for row in rows:
+            assert header.index("health") == row.index("http://"), out
+            assert header.index("metrics") == row.rindex("http://"), out
         for url in health_urls:
             status, _ = get(url)
             assert status == 200, url
