@@ -481,7 +481,13 @@ class ClassmeshTarget(_ProcessTarget):
             signaling.replace("http://", "ws://") + "/ws",
             rooms,
             audio,
-            {"tokens": tokens, "private_key": str(private_key), "region": _REGION},
+            {
+                "tokens": tokens,
+                "private_key": str(private_key),
+                "region": _REGION,
+                "signaling": signaling,
+                "media": f"http://127.0.0.1:{media_port}",
+            },
         )
 
 
