@@ -83,7 +83,8 @@ class SpeakingChanged:
     room_id: str
     participant_id: str
     speaking: bool
-    talk_time_ms: int
+    talk_time_ms: int  # this participant's talk time on this node so far
+    segment_ms: int = 0  # when speaking stops: how long this stretch of speech lasted
 
 
 @dataclass(frozen=True, slots=True)

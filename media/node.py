@@ -306,7 +306,7 @@ class MediaNode(Service):
             self._presence(
                 "speaking_started" if event.speaking else "speaking_stopped",
                 pid,
-                {"talk_time_ms": event.talk_time_ms},
+                {"talk_time_ms": event.talk_time_ms, "segment_ms": event.segment_ms},
             )
         elif isinstance(event, ev.ConnectionQuality):
             self._to_participant(pid, {"type": "quality", "participant_id": pid, "quality": event.quality})

@@ -134,7 +134,7 @@ class Participant:
 
     def _speaking_change(self, change: bool | None) -> None:
         if change is not None:
-            self._room._speaking(self, change, self.talk_time_ms)
+            self._room._speaking(self, change, self.talk_time_ms, 0 if change else self._meter.last_segment_ms)
 
     async def close(self) -> None:
         """Unpublish all tracks and close both peer connections (idempotent)."""

@@ -193,9 +193,9 @@ class Room:
     def _plain_tracks(self, participant: Participant, tracks: dict[str, dict[str, object]]) -> None:
         self._emit(ev.PlainTracks(self.room_id, participant.participant_id, tracks))
 
-    def _speaking(self, participant: Participant, speaking: bool, talk_time_ms: int) -> None:
+    def _speaking(self, participant: Participant, speaking: bool, talk_time_ms: int, segment_ms: int) -> None:
         if not participant.info.hidden:
-            self._emit(ev.SpeakingChanged(self.room_id, participant.participant_id, speaking, talk_time_ms))
+            self._emit(ev.SpeakingChanged(self.room_id, participant.participant_id, speaking, talk_time_ms, segment_ms))
 
     def _quality(self, participant: Participant, quality: Quality, loss: float, rtt_ms: float | None) -> None:
         self._emit(ev.ConnectionQuality(self.room_id, participant.participant_id, quality, loss, rtt_ms))

@@ -730,6 +730,7 @@ class AudioLevelMeter:
         "_last",
         "_speaking_since",
         "_talk_ms",
+        "last_segment_ms",
         "level",
         "speaking",
         "start_hold",
@@ -756,6 +757,7 @@ class AudioLevelMeter:
         self._speaking_since = 0.0
         self._talk_ms = 0.0
         self._last = 0.0
+        self.last_segment_ms = 0  # the length of the speaking stretch that ended last
 
     def talk_time_ms(self, now: float) -> int:
         extra = (now - self._speaking_since) * 1000 if self.speaking else 0.0
@@ -794,7 +796,9 @@ class AudioLevelMeter:
 
     def _stop(self, at: float) -> bool:
         self.speaking = False
-        self._talk_ms += max(0.0, at - self._speaking_since) * 1000
+        segment = max(0.0, at - self._speaking_since) * 1000
+        self._talk_ms += segment
+        self.last_segment_ms = int(segment)
         self._below_since = None
         self._above_since = None
         return False

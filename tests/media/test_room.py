@@ -224,6 +224,7 @@ async def test_audio_level_gives_speaking_events_and_talk_time(make_harness: Cal
     assert (started.participant_id, started.speaking) == ("alice", True)
     assert (stopped.participant_id, stopped.speaking) == ("alice", False)
     assert 1300 <= stopped.talk_time_ms <= 2600
+    assert (started.segment_ms, stopped.segment_ms) == (0, stopped.talk_time_ms)
     participant = h.room.participant("alice")
     assert participant.talk_time_ms == stopped.talk_time_ms and not participant.speaking
 

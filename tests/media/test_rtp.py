@@ -223,6 +223,14 @@ def test_audio_level_meter_hysteresis_and_talk_time() -> None:
             changes.append((c, t))
     assert [c for c, _ in changes] == [True, False] and not meter.speaking
     assert 1100 <= meter.talk_time_ms(t) <= 1500
+    assert meter.last_segment_ms == meter.talk_time_ms(t)  # one stretch of speech so far
+    before = meter.talk_time_ms(t)
+    for _ in range(30):  # a second stretch: the segment is its own length, the talk time the sum
+        t += 0.02
+        meter.add(10, t)
+    assert meter.tick(t + 1.0) is False
+    assert 300 <= meter.last_segment_ms <= 700
+    assert meter.talk_time_ms(t) - before - meter.last_segment_ms in (0, 1)  # rounding to whole ms
 
 
 def test_bitrate_meter() -> None:
