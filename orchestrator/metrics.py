@@ -119,3 +119,10 @@ OPTIMIZATION_CHANGES_APPLIED = Counter(
     "Instructor changes proposed by optimisation jobs when applied, by outcome (applied, refused).",
     ["outcome"],
 )
+
+ENGAGEMENT_EVENTS = Counter(
+    "classmesh_orchestrator_engagement_events_total",
+    "Engagement events stored from the media nodes' event stream, by kind (talk, chat, hand, reaction, "
+    "poll_answer, check_answer); a redelivered event is not counted again.",
+    ["kind"],
+)

@@ -1,10 +1,15 @@
-"""PresenceConsumer: turns the media nodes' presence events into attendance, session state and webhooks.
+"""PresenceConsumer: turns the media nodes' presence events into attendance, engagement, session state and
+webhooks.
 
 Reads the durable event stream in the consumer group ``orchestrator`` (every replica is a consumer; each event
 goes to one of them). An event is acknowledged only after the store has it, and events left pending by a
 replica that died are claimed by another after ``claim_after_ms``: nothing is lost. Handling is idempotent
 (a session already live is not started again; a redelivered join adds an attendance row for the same
 interval, which attendance reports merge).
+
+Engagement (``orchestrator/store/engagement.py``): a stretch of speech ending (``speaking_stopped`` with its
+``segment_ms``), a chat message, a raised hand, a reaction, a poll or comprehension-check answer. Lowered hands,
+and speech from nodes older than ``segment_ms``, are not engagement and are skipped.
 
 Rooms that are not sessions (ad-hoc rooms from ``classmesh join-link``) are acknowledged and ignored.
 """
@@ -20,8 +25,10 @@ from datetime import UTC, datetime
 from core.bus import Bus, Delivery
 from core.messages import EVENTS_STREAM, MessageError, PresenceEvent, decode
 from orchestrator.errors import InvalidStateError, NotFoundError
+from orchestrator.metrics import ENGAGEMENT_EVENTS
 from orchestrator.store import Store
-from orchestrator.store.models import SessionStatus
+from orchestrator.store.engagement import EngagementEvent
+from orchestrator.store.models import Session, SessionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +82,16 @@ class PresenceConsumer:
         if event.event in ("published", "left"):
             # the interval media was sent, for the recording's coverage (a no-op when the session is not recorded)
             await self._store.note_recording_media(event.room_id, event.at)
-        if event.event not in ("joined", "left"):
+        if event.event not in ("joined", "left", "speaking_stopped", "data"):
             return
         try:
             session = await self._store.get_session(event.room_id)
         except NotFoundError:
             return
         at = datetime.fromtimestamp(event.at, UTC)
+        if event.event in ("speaking_stopped", "data"):
+            await self._engagement(session, event, at)
+            return
         if event.event == "joined":
             await self._store.record_join(session.session_id, event.identity, event.role, at=at)
             if session.status is SessionStatus.PROVISIONED:
@@ -97,3 +107,37 @@ class PresenceConsumer:
         else:
             await self._store.record_leave(session.session_id, event.identity, at=at)
         self._on_events()
+
+    async def _engagement(self, session: Session, event: PresenceEvent, at: datetime) -> None:
+        found = engagement_of(event)
+        if found is None:
+            return
+        kind, value, details = found
+        record = EngagementEvent(session.session_id, event.identity, event.role, kind, at, value, details)
+        source = f"{event.room_id}|{event.participant_id}|{event.node_id}|{event.event}|{event.at!r}"
+        if await self._store.record_engagement(record, source):
+            ENGAGEMENT_EVENTS.labels(kind).inc()
+
+
+def engagement_of(event: PresenceEvent) -> tuple[str, float, dict[str, object]] | None:
+    """(kind, value, details) of an engagement event, or None when the event is not one."""
+    details = event.details
+    if event.event == "speaking_stopped":
+        segment = details.get("segment_ms")
+        if not isinstance(segment, int | float) or segment <= 0:
+            return None
+        return "talk", float(segment) / 1000, {}
+    kind, body = details.get("kind"), details.get("body")
+    if not isinstance(body, dict):
+        return None
+    if kind == "chat":
+        text = body.get("text")
+        return "chat", 1.0, {"chars": len(text) if isinstance(text, str) else 0}
+    if kind == "hand":
+        return ("hand", 1.0, {}) if body.get("raised") is True else None
+    if kind == "reaction":
+        emoji = body.get("emoji")
+        return "reaction", 1.0, {"emoji": emoji[:16]} if isinstance(emoji, str) else {}
+    if kind in ("poll_answer", "check_answer"):
+        return str(kind), 1.0, {}
+    return None

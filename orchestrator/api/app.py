@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator import metrics
+from orchestrator.api.engagement import ENGAGEMENT_OPERATIONS
 from orchestrator.api.handlers import OPERATIONS as BOOKING_OPERATIONS
 from orchestrator.api.hooks import ApiHooks
 from orchestrator.api.keys import authenticate, require_scope
@@ -136,6 +137,7 @@ def build_api_app(store: Store, *, hooks: ApiHooks | None = None) -> web.Applica
         *(OPS_OPERATIONS if hooks.ops is not None else ()),
         *(SESSION_OPS_OPERATIONS if hooks.ops is not None else ()),
         *RECORDING_OPERATIONS,
+        *ENGAGEMENT_OPERATIONS,
         *SCHEDULING_OPERATIONS,
     )
     doc = openapi_document(operations)

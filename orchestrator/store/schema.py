@@ -483,3 +483,24 @@ optimization_jobs = sa.Table(
     _ts("started_at", nullable=True),
     _ts("finished_at", nullable=True),
 )
+
+engagement_events = sa.Table(
+    "engagement_events",
+    metadata,
+    # a digest of the media node's event (room, participant, node, event, time): a redelivered event is the same row
+    sa.Column("event_key", sa.String(64), primary_key=True),
+    sa.Column(
+        "session_id",
+        ID,
+        sa.ForeignKey("sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("participant_id", ID, nullable=False),  # the person: a student or instructor id
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # talk | chat | hand | reaction | poll_answer | check_answer
+    _ts("at"),
+    sa.Column("value", sa.Float, nullable=False),  # seconds for talk, 1 for the others
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Index("ix_engagement_events_participant_at", "participant_id", "at"),
+)

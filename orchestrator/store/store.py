@@ -39,6 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.store import codec
 from orchestrator.store import schema as t
+from orchestrator.store.engagement import EngagementStore
 from orchestrator.store.migrate import upgrade_to_head
 from orchestrator.store.models import (
     MUTABLE_SESSION_STATUSES,
@@ -125,7 +126,7 @@ class _ClaimRace(Exception):
     """Another transaction took a slot between our check and our insert: retry from the start."""
 
 
-class Store(RecordingsStore):
+class Store(RecordingsStore, EngagementStore):
     """The orchestrator's SQL store."""
 
     def __init__(self, engine: AsyncEngine, *, memory: bool = False) -> None:
@@ -794,13 +795,7 @@ class Store(RecordingsStore):
             )
 
     async def attendance_of(self, session_id: str) -> list[Attendance]:
-        async with self.read() as c:
-            rows = await c.execute(
-                sa.select(t.attendance)
-                .where(t.attendance.c.session_id == session_id)
-                .order_by(t.attendance.c.attendance_id)
-            )
-            return [Attendance(r.participant_id, r.role, r.joined_at, r.left_at) for r in rows]
+        return (await self.attendance_for([session_id]))[session_id]
 
     # ------------------------------------------------------------------ join links
 

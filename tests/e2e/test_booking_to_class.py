@@ -1,5 +1,6 @@
 """A booking system's whole path: REST API -> provisioning in the right region -> join links -> a live class
-in Chromium -> signed webhooks, in order per booking, retried after the receiver fails."""
+in Chromium -> attendance and engagement captured from the node's events -> signed webhooks, in order per
+booking, retried after the receiver fails."""
 
 from __future__ import annotations
 
@@ -139,6 +140,28 @@ async def test_booking_becomes_a_live_class_with_webhooks(stack: Any, open_page:
             await asyncio.sleep(0.2)
         assert session["status"] == "live"
         assert {a["participant_id"] for a in session["attendance"]} == {"ins_ada", "stu_1", "stu_2"}
+
+        # engagement: a student chats, raises a hand and reacts in the page; the API shows it, and nothing else
+        student = pages[1]
+        await student.fill("#chat-input", "is it x = 2?")
+        await student.press("#chat-input", "Enter")
+        await student.click("#btn-hand")
+        await student.click("button.reaction[data-emoji='👍']")
+        mine: dict[str, Any] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            url = f"{api}/sessions/{session_id}/engagement"
+            async with aiohttp.ClientSession(headers=headers) as http, http.get(url) as r:
+                engagement = await r.json()
+            mine = next(p for p in engagement["participants"] if p["participant_id"] == "stu_1")
+            if mine["chat_messages"] and mine["hands_raised"] and mine["reactions"]:
+                break
+            await asyncio.sleep(0.2)
+        assert (mine["chat_messages"], mine["hands_raised"], mine["reactions"]) == (1, 1, 1), engagement
+        assert mine["first_joined_at"] and mine["expected"]  # attended_s counts from the scheduled start, a minute away
+        others = [p for p in engagement["participants"] if p["participant_id"] != "stu_1"]
+        assert [p["participant_id"] for p in others] == ["ins_ada", "stu_2"]
+        assert all(p["chat_messages"] == p["hands_raised"] == p["reactions"] == 0 for p in others), engagement
 
         # webhooks: signed (verified above), retried after two failures, in order for this booking
         expected = ["booking.created", "session.provisioned", "session.started"]
