@@ -28,6 +28,7 @@ from core.service import Service
 from core.tokens import TokenIssuer
 from orchestrator.api.app import build_api_app
 from orchestrator.api.hooks import ApiHooks, BookingChange
+from orchestrator.at_risk import AtRiskWatch
 from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError, NotFoundError
 from orchestrator.forecast import forecast
 from orchestrator.join_revocations import JoinLinkRevocations
@@ -188,14 +189,16 @@ class OrchestratorService(Service):
         await self._leader.start()
 
     async def _leader_work(self, token: int) -> None:
-        """What only the leader does: provisioning, recording jobs, and moving rooms off draining nodes."""
-        assert self._recordings is not None
+        """What only the leader does: provisioning, recording jobs, moving rooms off draining nodes, rollouts,
+        notifications and at-risk detection."""
+        assert self._recordings is not None and self._store is not None
         await asyncio.gather(
             self.provisioner.run(token),
             self._recordings.run(token),
             self._migration_loop(),
             self.rollouts.run(),
             self.notifier.run(token),
+            AtRiskWatch(self._store).run(),
         )
 
     async def _migration_loop(self) -> None:

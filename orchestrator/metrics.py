@@ -126,3 +126,9 @@ ENGAGEMENT_EVENTS = Counter(
     "poll_answer, check_answer); a redelivered event is not counted again.",
     ["kind"],
 )
+
+AT_RISK_ASSESSMENTS = Counter(
+    "classmesh_orchestrator_at_risk_assessments_total",
+    "Students assessed after a session of theirs ended, by verdict (at_risk, fine).",
+    ["verdict"],
+)

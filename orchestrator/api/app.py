@@ -17,6 +17,7 @@ from aiohttp import web
 
 from orchestrator import metrics
 from orchestrator.api.engagement import ENGAGEMENT_OPERATIONS
+from orchestrator.api.exceptions import EXCEPTION_OPERATIONS
 from orchestrator.api.handlers import OPERATIONS as BOOKING_OPERATIONS
 from orchestrator.api.hooks import ApiHooks
 from orchestrator.api.keys import authenticate, require_scope
@@ -138,6 +139,7 @@ def build_api_app(store: Store, *, hooks: ApiHooks | None = None) -> web.Applica
         *(SESSION_OPS_OPERATIONS if hooks.ops is not None else ()),
         *RECORDING_OPERATIONS,
         *ENGAGEMENT_OPERATIONS,
+        *EXCEPTION_OPERATIONS,
         *SCHEDULING_OPERATIONS,
     )
     doc = openapi_document(operations)

@@ -32,6 +32,7 @@ SCOPES = (
     "sessions:write",
     "webhooks:manage",
     "ops:read",
+    "exceptions:write",
     "scheduling:read",
     "scheduling:write",
     "notifications:read",

@@ -667,6 +667,46 @@ class Store(RecordingsStore, EngagementStore):
         order = {r.session_id: i for i, r in enumerate(rows)}
         return Page(tuple(sorted(items, key=lambda s: order[s.session_id])), nxt)
 
+    async def latest_sessions_of_student(
+        self, student_id: str, *, status: SessionStatus, limit: int, ending_by: datetime | None = None
+    ) -> list[Session]:
+        """The student's ``limit`` latest sessions in ``status`` (ending by ``ending_by``), oldest first."""
+        cond = sa.and_(
+            t.sessions.c.status == status.value,
+            t.sessions.c.session_id.in_(
+                sa.select(t.session_students.c.session_id).where(t.session_students.c.student_id == student_id)
+            ),
+        )
+        if ending_by is not None:
+            cond = sa.and_(cond, t.sessions.c.ends_at <= ending_by)
+        async with self.read() as c:
+            ids = (
+                await c.execute(
+                    sa.select(t.sessions.c.session_id)
+                    .where(cond)
+                    .order_by(t.sessions.c.starts_at.desc(), t.sessions.c.session_id.desc())
+                    .limit(limit)
+                )
+            ).scalars()
+            found = await _load_sessions(c, t.sessions.c.session_id.in_(list(ids)))
+        return sorted(found, key=lambda s: (s.start, s.session_id))
+
+    async def students_of_sessions_ended(self, since: datetime, until: datetime) -> list[str]:
+        """Students booked into a session that ended (status ``ended``) with its end in ``[since, until)``."""
+        async with self.read() as c:
+            rows = await c.execute(
+                sa.select(t.session_students.c.student_id)
+                .join(t.sessions, t.sessions.c.session_id == t.session_students.c.session_id)
+                .where(
+                    t.sessions.c.status == SessionStatus.ENDED.value,
+                    t.sessions.c.ends_at >= since,
+                    t.sessions.c.ends_at < until,
+                )
+                .distinct()
+                .order_by(t.session_students.c.student_id)
+            )
+            return list(rows.scalars())
+
     async def sessions_in_status(
         self,
         status: SessionStatus,
@@ -1125,6 +1165,11 @@ class Store(RecordingsStore, EngagementStore):
             row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exc_id))).one()
         return _exception(row)
 
+    async def exception_by_key(self, dedup_key: str) -> OperationalException | None:
+        async with self.read() as c:
+            r = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.dedup_key == dedup_key))).first()
+        return None if r is None else _exception(r)
+
     async def resolve_exception_key(self, dedup_key: str) -> bool:
         """Resolve the open exception with ``dedup_key`` once its cause is gone; False when there is none open."""
         now = _now()
@@ -1163,12 +1208,26 @@ class Store(RecordingsStore, EngagementStore):
             row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exception_id))).one()
         return _exception(row)
 
+    async def get_exception(self, exception_id: str) -> OperationalException:
+        async with self.read() as c:
+            r = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exception_id))).first()
+        if r is None:
+            raise NotFoundError("exception", exception_id)
+        return _exception(r)
+
     async def list_exceptions(
-        self, *, statuses: Iterable[ExceptionStatus] | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        statuses: Iterable[ExceptionStatus] | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
     ) -> Page[OperationalException]:
         where: list[sa.ColumnElement[bool]] = []
         if statuses is not None:
             where.append(t.exceptions.c.status.in_([s.value for s in statuses]))
+        if kind is not None:
+            where.append(t.exceptions.c.kind == kind)
         async with self.read() as c:
             rows, nxt = await _page_by_id(c, t.exceptions, t.exceptions.c.exception_id, limit, cursor, where)
         return Page(tuple(_exception(r) for r in rows), nxt)
