@@ -1,4 +1,5 @@
-"""The ops dashboard in Chromium: with an API key it lists the live nodes, the forecast and the sessions."""
+"""The ops dashboard in Chromium: with an API key it lists the exception queue (and works it), the live nodes,
+the forecast and the sessions."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ pytestmark = pytest.mark.browser
 async def test_dashboard_shows_nodes_forecast_and_refuses_without_a_key(stack: Any, open_page: OpenPage) -> None:
     page, log = await open_page(f"{stack.orchestrator_url}/dashboard")
     await page.wait_for_function("document.getElementById('status').textContent.includes('API key')")
-    _, key = await create_api_key(stack.orchestrator.store, "ops", ["ops:read", "sessions:read"])
+    store = stack.orchestrator.store
+    await store.raise_exception(
+        "student_at_risk:s9",
+        "student_at_risk",
+        "medium",
+        subject_refs={"student_id": "s9"},
+        details={"reasons": [{"rule": "consecutive_absences"}]},
+    )
+    await store.raise_exception(
+        "recording_incomplete:ses_9", "recording_incomplete", "high", details={"gaps": [[1, 2]]}
+    )
+    _, key = await create_api_key(store, "ops", ["ops:read", "sessions:read", "exceptions:write"])
     await page.fill("#key", key)
     await page.click("#key-form button")
     await page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length >= 2", timeout=10_000)
@@ -25,6 +37,13 @@ async def test_dashboard_shows_nodes_forecast_and_refuses_without_a_key(stack: A
     regions = await page.eval_on_selector_all("#forecast tbody tr", "rows => rows.map(r => r.cells[0].innerText)")
     assert sorted(regions) == ["eu-central", "us-east"]
     assert "updated" in await page.inner_text("#status")
+    # the queue: the high-severity one first, each with what it is about; resolving one takes it off the list
+    queue = await page.eval_on_selector_all("#exceptions tbody tr", "rows => rows.map(r => r.innerText)")
+    assert len(queue) == 2 and "recording incomplete" in queue[0] and "1 gap(s)" in queue[0], queue
+    assert "student at risk" in queue[1] and "student_id s9" in queue[1] and "consecutive absences" in queue[1]
+    await page.click("#exceptions tr[data-kind='student_at_risk'] button:text('Resolve')")
+    await page.wait_for_function("document.querySelectorAll('#exceptions tbody tr').length === 1")
+    assert (await store.exception_by_key("student_at_risk:s9")).status.value == "resolved"  # type: ignore[union-attr]
     # a key without the scope is refused and says why
     _, weak = await create_api_key(stack.orchestrator.store, "weak", ["bookings:read"])
     await page.fill("#key", weak)

@@ -1,5 +1,6 @@
-// The ops dashboard: nodes with load, the calendar forecast and the coming sessions, refreshed every 2 s.
-// It calls the same /v1 API as any client, with an API key that has the ops:read and sessions:read scopes.
+// The ops dashboard: the exception queue, nodes with load, the calendar forecast and the coming sessions,
+// refreshed every 2 s. It calls the same /v1 API as any client, with an API key that has the ops:read and
+// sessions:read scopes (and exceptions:write to acknowledge or resolve from here).
 const keyInput = document.getElementById("key");
 const statusEl = document.getElementById("status");
 let apiKey = sessionStorage.getItem("classmesh-api-key") || "";
@@ -12,8 +13,10 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
   refresh();
 });
 
-async function api(path) {
-  const response = await fetch(`/v1${path}`, { headers: { Authorization: `Bearer ${apiKey}` } });
+async function api(path, method = "GET", payload = undefined) {
+  const headers = { Authorization: `Bearer ${apiKey}` };
+  if (payload !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(`/v1${path}`, { method, headers, body: payload && JSON.stringify(payload) });
   const body = await response.json();
   if (!response.ok) throw new Error(body.detail || response.statusText);
   return body;
@@ -71,6 +74,47 @@ function sessionRows(page) {
   });
 }
 
+// One line on what an exception is about, from its details (the full object is in the API).
+function summary(e) {
+  if (e.kind === "student_at_risk") return (e.details.reasons || []).map((r) => r.rule.replaceAll("_", " ")).join(", ");
+  if (e.kind === "recording_incomplete") return `${(e.details.gaps || []).length} gap(s)`;
+  return e.details.message || e.details.cause || e.details.reason || "";
+}
+
+function act(e, status, label) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = label;
+  button.addEventListener("click", async () => {
+    try {
+      await api(`/exceptions/${e.exception_id}`, "PATCH", { status });
+      refresh();
+    } catch (error) {
+      statusEl.textContent = `error: ${error.message}`;
+    }
+  });
+  return button;
+}
+
+function exceptionRows(page) {
+  const order = { high: 0, medium: 1, low: 2 };
+  const items = [...page.items].sort((a, b) =>
+    (order[a.severity] ?? 3) - (order[b.severity] ?? 3) || b.updated_at.localeCompare(a.updated_at));
+  document.getElementById("exceptions-empty").hidden = items.length > 0;
+  return items.map((e) => {
+    const tr = document.createElement("tr");
+    tr.dataset.kind = e.kind;
+    if (e.severity === "high") tr.className = "down";
+    const about = Object.entries(e.subject_refs).map(([k, v]) => `${k} ${v}`).join(", ");
+    const actions = document.createElement("td");
+    if (e.status === "open") actions.append(act(e, "acked", "Acknowledge"));
+    actions.append(act(e, "resolved", "Resolve"));
+    tr.append(cell(new Date(e.updated_at).toLocaleString()), cell(e.kind.replaceAll("_", " ")), cell(e.severity),
+      cell(e.status), cell(e.owner || "-"), cell(about), cell(summary(e)), cell(e.occurrences, true), actions);
+    return tr;
+  });
+}
+
 async function refresh() {
   if (!apiKey) {
     statusEl.textContent = "enter an API key (classmesh dev prints one)";
@@ -79,12 +123,14 @@ async function refresh() {
   try {
     const now = new Date();
     const until = new Date(now.getTime() + 24 * 3600 * 1000);
-    const [nodes, forecast, sessions] = await Promise.all([
+    const [exceptions, nodes, forecast, sessions] = await Promise.all([
+      api("/exceptions?status=open,acked&limit=200"),
       api("/nodes"),
       api("/forecast?hours=6"),
       api(`/sessions?limit=200&start_from=${encodeURIComponent(new Date(now.getTime() - 3600 * 1000).toISOString())}` +
         `&start_before=${encodeURIComponent(until.toISOString())}`),
     ]);
+    fill("exceptions", exceptionRows(exceptions));
     const hot = new Set(nodes.hot_nodes);
     fill("nodes", nodeRows(nodes, hot));
     document.getElementById("imbalance").textContent = Object.entries(nodes.imbalance)
