@@ -548,16 +548,25 @@ class MediaNode(Service):
         body = payload.get("body", {})
         if kind not in DATA_KINDS or not isinstance(body, dict):
             raise NodeError(f"data needs kind (one of {DATA_KINDS}) and an object body", code="bad_request")
+        if kind in ("poll", "check") and "moderate" not in seat.permissions:
+            raise NodeError("this participant may not ask the room", code="permission_denied")
         if kind == "hand":
             seat.hand_raised = bool(body.get("raised"))
         message = {
             "type": "data",
             "from": {"participant_id": pid, "identity": seat.identity, "name": seat.name, "role": seat.role},
             "kind": kind,
-            "body": body,
+            # a check's right answer stays with the node's event stream; the room sees the question only
+            "body": {k: v for k, v in body.items() if k != "correct"} if kind == "check" else body,
             "at": time.time(),
         }
-        self._to_room(seat.room_id, message)
+        if kind in ("poll_answer", "check_answer"):
+            # an answer goes to whoever asks (the moderators), not to the other students
+            for other, s in self._seats.items():
+                if s.room_id == seat.room_id and "moderate" in s.permissions and not s.hidden:
+                    self._to_participant(other, message)
+        else:
+            self._to_room(seat.room_id, message)
         self._presence("data", pid, {"kind": kind, "body": body})
         return {}
 

@@ -8,8 +8,9 @@ replica that died are claimed by another after ``claim_after_ms``: nothing is lo
 interval, which attendance reports merge).
 
 Engagement (``orchestrator/store/engagement.py``): a stretch of speech ending (``speaking_stopped`` with its
-``segment_ms``), a chat message, a raised hand, a reaction, a poll or comprehension-check answer. Lowered hands,
-and speech from nodes older than ``segment_ms``, are not engagement and are skipped.
+``segment_ms``), a chat message, a raised hand, a reaction, a poll or comprehension-check answer, and a question
+put to the room. Lowered hands, and speech from nodes older than ``segment_ms``, are not engagement and are
+skipped.
 
 Rooms that are not sessions (ad-hoc rooms from ``classmesh join-link``) are acknowledged and ignored.
 """
@@ -139,5 +140,14 @@ def engagement_of(event: PresenceEvent) -> tuple[str, float, dict[str, object]] 
         emoji = body.get("emoji")
         return "reaction", 1.0, {"emoji": emoji[:16]} if isinstance(emoji, str) else {}
     if kind in ("poll_answer", "check_answer"):
-        return str(kind), 1.0, {}
+        return str(kind), 1.0, {"poll_id": str(body.get("poll_id"))[:128], "choice": _index(body.get("choice"))}
+    if kind in ("poll", "check"):
+        asked: dict[str, object] = {"poll_id": str(body.get("poll_id"))[:128], "check": kind == "check"}
+        if kind == "check":
+            asked["correct"] = _index(body.get("correct"))
+        return "question", 1.0, asked
     return None
+
+
+def _index(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -5,7 +5,8 @@ refuses a role holding more than it may). Signaling adds the per-message rules:
 
 - publishing a source needs its permission (camera -> publish_video, microphone -> publish_audio,
   screen -> publish_screen); observers and recorders hold none, so they cannot publish;
-- chat, hand and reaction need ``data``; moderate needs ``moderate`` (students never hold it);
+- chat, hand, reaction and answer need ``data``; moderate and asking a poll or check need ``moderate``
+  (students never hold it);
 - muting one's own source needs that source's publish permission.
 """
 

@@ -34,6 +34,7 @@ from signaling.errors import (
     SignalingError,
 )
 from signaling.protocol import (
+    Answer,
     Chat,
     ClientMessage,
     Hand,
@@ -42,6 +43,7 @@ from signaling.protocol import (
     Moderate,
     Mute,
     Ping,
+    Poll,
     Publish,
     Reaction,
     RequestId,
@@ -195,7 +197,7 @@ class Connection:
             await self.close(CLOSE_LEFT, "left")
             return
         if isinstance(msg, DATA_TYPES_CLASSES) and not self._data_bucket.take():
-            raise RateLimitedError("too many chat messages, hands or reactions; slow down")
+            raise RateLimitedError("too many chat messages, hands, reactions, questions or answers; slow down")
         relay, node, pid = self._service.relay, session.node_id, session.participant_id
         grant = self._grant()
         if isinstance(msg, Publish):
@@ -215,8 +217,11 @@ class Connection:
             require(grant, SOURCE_PERMISSION[msg.source], f"mute {msg.source}")
             payload = {"op": "mute", "participant_id": pid, "source": msg.source, "muted": msg.muted}
             await relay.call(node, payload)
-        elif isinstance(msg, Chat | Hand | Reaction):
-            require(grant, Permission.DATA, "send chat, hands or reactions")
+        elif isinstance(msg, Chat | Hand | Reaction | Poll | Answer):
+            if isinstance(msg, Poll):
+                require(grant, Permission.MODERATE, "ask the room a question")
+            else:
+                require(grant, Permission.DATA, "send chat, hands, reactions or answers")
             kind, body = _data_body(msg)
             await relay.call(node, {"op": "data", "participant_id": pid, "kind": kind, "body": body})
         elif isinstance(msg, Moderate):
@@ -273,16 +278,24 @@ class Connection:
             self._state = ConnectionState.CLOSED  # run()'s finally detaches; the session stays resumable
 
 
-DATA_TYPES_CLASSES = (Chat, Hand, Reaction)
+DATA_TYPES_CLASSES = (Chat, Hand, Reaction, Poll, Answer)
 
 
 def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _data_body(msg: Chat | Hand | Reaction) -> tuple[str, dict[str, Any]]:
+def _data_body(msg: Chat | Hand | Reaction | Poll | Answer) -> tuple[str, dict[str, Any]]:
+    """The media node's data kind and body of a message (the node relays them to the room)."""
     if isinstance(msg, Chat):
         return "chat", {"text": msg.text}
     if isinstance(msg, Hand):
         return "hand", {"raised": msg.raised}
+    if isinstance(msg, Poll):
+        body: dict[str, Any] = {"poll_id": msg.poll_id, "question": msg.question, "options": msg.options}
+        if msg.correct is None:
+            return "poll", body
+        return "check", {**body, "correct": msg.correct}
+    if isinstance(msg, Answer):
+        return ("check_answer" if msg.check else "poll_answer"), {"poll_id": msg.poll_id, "choice": msg.choice}
     return "reaction", {"emoji": msg.emoji}

@@ -27,6 +27,9 @@ MAX_EMOJI_CHARS = 16
 MAX_ID_CHARS = 64
 MAX_TOKEN_CHARS = 4096
 MAX_SOURCES = 16
+MAX_QUESTION_CHARS = 500
+MAX_OPTION_CHARS = 200
+MAX_OPTIONS = 8
 SOURCES = frozenset({"camera", "microphone", "screen"})
 MODERATE_ACTIONS = frozenset({"mute", "remove"})
 
@@ -96,6 +99,32 @@ class Reaction(ClientMessage):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Poll(ClientMessage):
+    """An instructor asks the room a question with options; with ``correct`` (the right option's index) it is a
+    comprehension check, and the index is kept from the students."""
+
+    poll_id: str
+    question: str
+    options: list[str]
+    correct: int | None = None
+    TYPE = "poll"
+
+    def __post_init__(self) -> None:
+        if self.correct is not None and self.correct >= len(self.options):
+            raise _bad(f"correct must be the index of one of the {len(self.options)} options")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer(ClientMessage):
+    """A participant's choice in a poll or check (``check`` says which, as the question said)."""
+
+    poll_id: str
+    choice: int
+    check: bool = False
+    TYPE = "answer"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Moderate(ClientMessage):
     action: str
     target: str
@@ -157,6 +186,13 @@ def _int(name: str, value: Any) -> int:
     return value
 
 
+def _options(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not 2 <= len(value) <= MAX_OPTIONS:
+        raise _bad(f"{name} must be a list of 2 to {MAX_OPTIONS} options")
+    check = _string(MAX_OPTION_CHARS)
+    return [check(f"{name}[{i}]", option) for i, option in enumerate(value)]
+
+
 def _version(name: str, value: Any) -> int:
     if value != PROTOCOL_VERSION or isinstance(value, bool):
         raise ProtocolError(
@@ -213,6 +249,16 @@ _SCHEMAS: dict[str, tuple[type[ClientMessage], dict[str, tuple[Validator, bool]]
     "chat": (Chat, {"text": (_string(MAX_CHAT_CHARS), True)}),
     "hand": (Hand, {"raised": (_bool, True)}),
     "reaction": (Reaction, {"emoji": (_string(MAX_EMOJI_CHARS), True)}),
+    "poll": (
+        Poll,
+        {
+            "poll_id": (_ident, True),
+            "question": (_string(MAX_QUESTION_CHARS), True),
+            "options": (_options, True),
+            "correct": (_int, False),
+        },
+    ),
+    "answer": (Answer, {"poll_id": (_ident, True), "choice": (_int, True), "check": (_bool, False)}),
     "moderate": (
         Moderate,
         {"action": (_action, True), "target": (_ident, True), "source": (_source, False)},

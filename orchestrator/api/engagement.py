@@ -68,7 +68,10 @@ COMPONENTS.update(
                 "chat_messages": _COUNT,
                 "hands_raised": _COUNT,
                 "reactions": _COUNT,
-                "answers": {**_COUNT, "description": "poll and comprehension-check answers"},
+                "answers": {**_COUNT, "description": "polls and comprehension checks answered (once each)"},
+                "checks_answered": _COUNT,
+                "checks_correct": {**_COUNT, "description": "checks whose latest answer was the right option"},
+                "questions_asked": {**_COUNT, "description": "polls and checks this person put to the room"},
             },
             [
                 "participant_id",
@@ -83,6 +86,9 @@ COMPONENTS.update(
                 "hands_raised",
                 "reactions",
                 "answers",
+                "checks_answered",
+                "checks_correct",
+                "questions_asked",
             ],
         ),
     }

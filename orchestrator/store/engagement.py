@@ -2,8 +2,10 @@
 
 The media nodes emit presence events on the durable stream; the orchestrator's presence consumer turns the
 engagement ones into rows here: a stretch of speech (``talk``, its length in seconds), a chat message, a raised
-hand, a reaction, a poll or comprehension-check answer (``value`` 1). Nothing is configured per session: every
-session that has a room gets them. Rows are keyed by a digest of the node's event, so an event the stream
+hand, a reaction, a poll or comprehension-check answer (``value`` 1; ``details`` the poll and the choice), and
+a question an instructor put to the room (``question``; ``details`` the poll, whether it is a check, and a
+check's right option, so answers can be marked). Nothing is configured per session: every session that has a
+room gets them. Rows are keyed by a digest of the node's event, so an event the stream
 delivers twice (a consumer that died before acknowledging it) is stored once.
 
 Chat text is not stored, only its length: engagement needs counts, and the text belongs to the room.
@@ -28,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator.store import schema as t
 from orchestrator.store.models import Attendance, Session, SessionStatus
 
-KINDS = ("talk", "chat", "hand", "reaction", "poll_answer", "check_answer")
+KINDS = ("talk", "chat", "hand", "reaction", "poll_answer", "check_answer", "question")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,10 @@ class ParticipantEngagement:
     chat_messages: int
     hands_raised: int
     reactions: int
-    answers: int  # poll and comprehension-check answers
+    answers: int  # polls and comprehension checks answered (a changed answer counts once)
+    checks_answered: int
+    checks_correct: int  # the latest answer was the check's right option
+    questions_asked: int  # polls and checks put to the room
 
 
 def summarise(
@@ -80,10 +85,18 @@ def summarise(
         if hi > lo:
             intervals.setdefault(a.participant_id, []).append((lo, hi))
     counts: dict[str, dict[str, float]] = {}
+    right: dict[str, int] = {}  # poll id -> a check's right option
+    latest: dict[str, dict[str, tuple[bool, object]]] = {}  # person -> poll id -> (is a check, latest choice)
     for e in events:
         roles.setdefault(e.participant_id, e.role)
         per = counts.setdefault(e.participant_id, {})
         per[e.kind] = per.get(e.kind, 0.0) + e.value
+        details = e.details or {}
+        if e.kind == "question" and isinstance(details.get("correct"), int):
+            right[str(details.get("poll_id"))] = details["correct"]
+        elif e.kind in ("poll_answer", "check_answer"):
+            poll = str(details.get("poll_id", f"#{len(latest.get(e.participant_id, {}))}"))
+            latest.setdefault(e.participant_id, {})[poll] = (e.kind == "check_answer", details.get("choice"))
     total_talk = sum(c.get("talk", 0.0) for c in counts.values())
     expected = {session.instructor_id, *session.student_ids}
     out = []
@@ -91,6 +104,8 @@ def summarise(
         attended = _union_seconds(intervals.get(pid, []))
         c = counts.get(pid, {})
         talk = round(c.get("talk", 0.0), 3)
+        answered = latest.get(pid, {})
+        checks = [(poll, choice) for poll, (is_check, choice) in answered.items() if is_check]
         out.append(
             ParticipantEngagement(
                 participant_id=pid,
@@ -104,7 +119,10 @@ def summarise(
                 chat_messages=int(c.get("chat", 0)),
                 hands_raised=int(c.get("hand", 0)),
                 reactions=int(c.get("reaction", 0)),
-                answers=int(c.get("poll_answer", 0) + c.get("check_answer", 0)),
+                answers=len(answered),
+                checks_answered=len(checks),
+                checks_correct=sum(1 for poll, choice in checks if poll in right and right[poll] == choice),
+                questions_asked=int(c.get("question", 0)),
             )
         )
     return out

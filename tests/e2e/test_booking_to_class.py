@@ -147,21 +147,44 @@ async def test_booking_becomes_a_live_class_with_webhooks(stack: Any, open_page:
         await student.press("#chat-input", "Enter")
         await student.click("#btn-hand")
         await student.click("button.reaction[data-emoji='👍']")
+        # a comprehension check: the instructor asks, each student answers, only the instructor sees the tally
+        teacher, other = pages[0], pages[2]
+        assert await student.is_hidden("#btn-ask")
+        await teacher.click("#btn-ask")
+        await teacher.fill("#ask-question", "What is 2 + 2?")
+        await teacher.fill("#ask-options", "3\n4\n5")
+        await teacher.fill("#ask-correct", "2")
+        await teacher.click("#ask-form button[type=submit]")
+        for page, choice in ((student, 1), (other, 0)):
+            await page.click(f"#messages li.question button[data-choice='{choice}']")
+            await page.wait_for_function(
+                "document.querySelector('#messages li.question .tally').textContent === 'Answer sent'"
+            )
+        await teacher.wait_for_function(
+            "document.querySelector('#messages li.question .tally').textContent.startsWith('2 answer(s)')"
+        )
+        tally = await teacher.inner_text("#messages li.question .tally")
+        assert tally == "2 answer(s) · 3: 1 · 4: 1 (right) · 5: 0", tally
+        assert await teacher.is_disabled("#messages li.question button[data-choice='0']")  # the asker does not vote
         mine: dict[str, Any] = {}
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             url = f"{api}/sessions/{session_id}/engagement"
             async with aiohttp.ClientSession(headers=headers) as http, http.get(url) as r:
                 engagement = await r.json()
-            mine = next(p for p in engagement["participants"] if p["participant_id"] == "stu_1")
-            if mine["chat_messages"] and mine["hands_raised"] and mine["reactions"]:
+            by_id = {p["participant_id"]: p for p in engagement["participants"]}
+            mine = by_id["stu_1"]
+            done = mine["chat_messages"] and mine["hands_raised"] and mine["reactions"] and mine["answers"]
+            if done and by_id["stu_2"]["answers"] and by_id["ins_ada"]["questions_asked"]:
                 break
             await asyncio.sleep(0.2)
         assert (mine["chat_messages"], mine["hands_raised"], mine["reactions"]) == (1, 1, 1), engagement
+        assert (mine["answers"], mine["checks_answered"], mine["checks_correct"]) == (1, 1, 1), engagement
         assert mine["first_joined_at"] and mine["expected"]  # attended_s counts from the scheduled start, a minute away
-        others = [p for p in engagement["participants"] if p["participant_id"] != "stu_1"]
-        assert [p["participant_id"] for p in others] == ["ins_ada", "stu_2"]
-        assert all(p["chat_messages"] == p["hands_raised"] == p["reactions"] == 0 for p in others), engagement
+        ada, stu_2 = (p for p in engagement["participants"] if p["participant_id"] != "stu_1")
+        assert (ada["participant_id"], ada["questions_asked"], stu_2["participant_id"]) == ("ins_ada", 1, "stu_2")
+        assert (stu_2["checks_answered"], stu_2["checks_correct"]) == (1, 0), engagement
+        assert all(p["chat_messages"] == p["hands_raised"] == p["reactions"] == 0 for p in (ada, stu_2)), engagement
 
         # webhooks: signed (verified above), retried after two failures, in order for this booking
         expected = ["booking.created", "session.provisioned", "session.started"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from classmesh.client import ClassroomClient
+from classmesh.client import ClassroomClient, SignalingError
 from core.bus import LocalBus, RemoteError
 from core.messages import EVENTS_STREAM, decode, node_rpc
 from core.service import ServiceHost
@@ -69,6 +69,60 @@ async def test_presence_and_talk_events_reach_the_event_stream(stack: Any) -> No
         assert "left" in kinds
     finally:
         await client.close()
+
+
+async def test_a_checks_answer_stays_with_the_instructor_and_the_event_stream(stack: Any) -> None:
+    """The room sees a comprehension check without its right option; each answer reaches the instructor only;
+    the event stream gets both whole (for engagement)."""
+    bus = stack.bus
+    await bus.ensure_group(EVENTS_STREAM, "probe")
+
+    def client(identity: str, role: str) -> ClassroomClient:
+        token = stack.issuer.mint(room="quiz", identity=identity, name=identity.title(), role=role)
+        return ClassroomClient(stack.signaling_url, token, room="quiz")
+
+    teacher, sam, ria = client("tina", "instructor"), client("sam", "student"), client("ria", "student")
+    try:
+        for c in (teacher, sam, ria):
+            await c.connect()
+        check = {"type": "poll", "poll_id": "q1", "question": "2+2?", "options": ["3", "4"], "correct": 1}
+        with pytest.raises(SignalingError, match="permission_denied"):
+            await sam.request(check)
+        assert (await teacher.request(check))["type"] == "ok"
+        assert (await sam.request({"type": "answer", "poll_id": "q1", "choice": 1, "check": True}))["type"] == "ok"
+
+        def data(c: ClassroomClient, kind: str) -> list[dict[str, Any]]:
+            return [m for m in c.messages if m.get("type") == "data" and m.get("kind") == kind]
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if data(teacher, "check_answer") and data(ria, "check"):
+                break
+            await asyncio.sleep(0.05)
+        for c in (sam, ria):
+            (seen,) = data(c, "check")
+            assert seen["body"] == {"poll_id": "q1", "question": "2+2?", "options": ["3", "4"]}  # no "correct"
+        (answer,) = data(teacher, "check_answer")
+        assert answer["from"]["identity"] == "sam" and answer["body"] == {"poll_id": "q1", "choice": 1}
+        await asyncio.sleep(0.3)
+        assert not data(ria, "check_answer") and not data(sam, "check_answer")  # students do not see answers
+
+        details: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(details) < 2:
+            batch = await bus.read_group(EVENTS_STREAM, "probe", "c", block_ms=200)
+            details += [
+                decode(d.payload).details
+                for d in batch
+                if d.payload.get("room_id") == "quiz" and d.payload.get("event") == "data"
+            ]
+        assert details == [
+            {"kind": "check", "body": {"poll_id": "q1", "question": "2+2?", "options": ["3", "4"], "correct": 1}},
+            {"kind": "check_answer", "body": {"poll_id": "q1", "choice": 1}},
+        ]
+    finally:
+        for c in (teacher, sam, ria):
+            await c.close()
 
 
 _RECORDER_JOIN = {

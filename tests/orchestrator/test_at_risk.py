@@ -36,6 +36,9 @@ def row(attendance: float, contributions: int = 0) -> ParticipantEngagement:
         hands_raised=0,
         reactions=0,
         answers=0,
+        checks_answered=0,
+        checks_correct=0,
+        questions_asked=0,
     )
 
 

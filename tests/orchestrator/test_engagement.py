@@ -55,6 +55,9 @@ def test_summary_counts_attendance_inside_the_scheduled_time_once() -> None:
     ]
     events = [
         EngagementEvent("ses_1", "ins", "instructor", "talk", at(1), 90.0),
+        EngagementEvent("ses_1", "ins", "instructor", "question", at(5), 1.0, {"poll_id": "q1", "correct": 1}),
+        EngagementEvent("ses_1", "s1", "student", "check_answer", at(6), 1.0, {"poll_id": "q1", "choice": 0}),
+        EngagementEvent("ses_1", "s1", "student", "check_answer", at(7), 1.0, {"poll_id": "q1", "choice": 1}),
         EngagementEvent("ses_1", "s1", "student", "talk", at(12), 30.0),
         EngagementEvent("ses_1", "s1", "student", "chat", at(13)),
         EngagementEvent("ses_1", "s1", "student", "chat", at(14)),
@@ -70,7 +73,10 @@ def test_summary_counts_attendance_inside_the_scheduled_time_once() -> None:
     s1 = rows["s1"]
     assert s1.attended_s == (30 + 10) * 60 and s1.attendance_fraction == pytest.approx(40 / 60, abs=1e-4)
     assert (s1.first_joined_at, s1.talk_s, s1.talk_share) == (at(10), 30, 0.25)
-    assert (s1.chat_messages, s1.hands_raised, s1.reactions, s1.answers) == (2, 1, 1, 2)
+    assert (s1.chat_messages, s1.hands_raised, s1.reactions) == (2, 1, 1)
+    # q1 answered twice (changed to the right option), plus a check and a poll with no poll id: three answered
+    assert (s1.answers, s1.checks_answered, s1.checks_correct) == (3, 2, 1)
+    assert (rows["ins"].questions_asked, s1.questions_asked) == (1, 0)
     assert s1.expected and not rows["guest"].expected and rows["guest"].role == "observer"
     s2 = rows["s2"]  # booked, never came
     assert (s2.attended_s, s2.first_joined_at, s2.talk_s, s2.chat_messages) == (0, None, 0, 0)
@@ -101,7 +107,7 @@ async def test_the_node_events_become_engagement_once_each(store: Store, bus: Bu
         presence(session_id, "data", "s1", now + 5, kind="hand", body={"raised": True}),
         presence(session_id, "data", "s1", now + 6, kind="hand", body={"raised": False}),  # lowering: not engagement
         presence(session_id, "data", "s1", now + 7, kind="reaction", body={"emoji": "👍"}),
-        presence(session_id, "data", "s1", now + 8, kind="check_answer", body={"check": "c1", "answer": "b"}),
+        presence(session_id, "data", "s1", now + 8, kind="check_answer", body={"poll_id": "c1", "choice": 1}),
         presence(session_id, "data", "s1", now + 9, kind="mystery", body={}),  # unknown: skipped
         presence(session_id, "data", "s1", now + 10, kind="chat", body="not an object"),  # malformed: skipped
         presence(session_id, "speaking_stopped", "s1", now + 11, talk_time_ms=2250),  # an older node: no segment

@@ -108,6 +108,26 @@ async def test_chat_is_relayed_and_the_node_sets_the_sender(stack: Stack) -> Non
     }
 
 
+async def test_questions_need_moderate_and_answers_reach_the_node_with_their_kind(stack: Stack) -> None:
+    host = await stack.signaling()
+    teacher, student = await stack.connect(host), await stack.connect(host)
+    await teacher.hello(stack.keys.token(identity="tina", role="instructor"))
+    await student.hello(stack.keys.token(identity="sam"))
+    check = {"type": "poll", "poll_id": "q1", "question": "2+2?", "options": ["3", "4"], "correct": 1}
+    assert (await student.request(check))["code"] == "permission_denied"
+    assert (await teacher.request(check))["type"] == "ok"
+    assert (await teacher.request({**check, "poll_id": "q2", "correct": None}))["type"] == "ok"
+    assert (await student.request({"type": "answer", "poll_id": "q1", "choice": 1, "check": True}))["type"] == "ok"
+    assert (await student.request({"type": "answer", "poll_id": "q2", "choice": 0}))["type"] == "ok"
+    sent = [(d["kind"], d["body"]) for d in stack.node.ops("data")]
+    assert sent == [
+        ("check", {"poll_id": "q1", "question": "2+2?", "options": ["3", "4"], "correct": 1}),
+        ("poll", {"poll_id": "q2", "question": "2+2?", "options": ["3", "4"]}),
+        ("check_answer", {"poll_id": "q1", "choice": 1}),
+        ("poll_answer", {"poll_id": "q2", "choice": 0}),
+    ]
+
+
 async def test_node_messages_are_forwarded_with_increasing_seq(stack: Stack) -> None:
     host = await stack.signaling()
     client = await stack.connect(host)

@@ -12,9 +12,11 @@ from signaling.protocol import (
     MAX_CHAT_CHARS,
     MAX_FRAME_BYTES,
     MAX_SDP_BYTES,
+    Answer,
     Chat,
     Hello,
     Moderate,
+    Poll,
     Publish,
     parse_client_message,
 )
@@ -38,6 +40,9 @@ def test_valid_messages_parse_into_their_classes() -> None:
     assert parse_client_message('{"type":"chat","text":"hi"}') == Chat(text="hi")
     moderate = parse_client_message('{"type":"moderate","action":"remove","target":"p_1"}')
     assert moderate == Moderate(action="remove", target="p_1")
+    poll = parse_client_message('{"type":"poll","poll_id":"q1","question":"2+2?","options":["3","4"],"correct":1}')
+    assert poll == Poll(poll_id="q1", question="2+2?", options=["3", "4"], correct=1)
+    assert parse_client_message('{"type":"answer","poll_id":"q1","choice":0}') == Answer(poll_id="q1", choice=0)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +69,16 @@ def test_valid_messages_parse_into_their_classes() -> None:
         ('{"type": "chat", "text": "   "}', "bad_message"),
         ('{"type": "hand"}', "bad_message"),
         ('{"type": "moderate", "action": "ban", "target": "p_1"}', "bad_message"),
+        ('{"type": "poll", "poll_id": "q1", "question": "?", "options": ["only one"]}', "bad_message"),
+        ('{"type": "poll", "poll_id": "q1", "question": "?", "options": ["a", "b"], "correct": 2}', "bad_message"),
+        ('{"type": "poll", "poll_id": "q1", "question": "?", "options": ["a", ""]}', "bad_message"),
+        ('{"type": "poll", "poll_id": "q 1", "question": "?", "options": ["a", "b"]}', "bad_message"),
+        (
+            json.dumps({"type": "poll", "poll_id": "q1", "question": "?", "options": list("abcdefghi")}),
+            "bad_message",
+        ),
+        ('{"type": "answer", "poll_id": "q1", "choice": -1}', "bad_message"),
+        ('{"type": "answer", "poll_id": "q1", "choice": "a"}', "bad_message"),
         ('{"type": "ping", "id": {"a": 1}}', "bad_message"),
         ('{"type": "ping", "id": true}', "bad_message"),
     ],

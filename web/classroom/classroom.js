@@ -172,6 +172,7 @@ class Classroom {
     this.micMuted = false;
     this.cameraOff = false;
     this.handRaised = false;
+    this.asked = new Map();  // poll id -> {correct, answers: participant id -> choice}, for moderators
     this.subscriberChain = Promise.resolve();
     this.publisherChain = Promise.resolve();
     this.reconnectAttempt = 0;
@@ -475,7 +476,88 @@ class Classroom {
       if (isMe) this.handRaised = Boolean(msg.body?.raised);
     } else if (msg.kind === "reaction") {
       this.burst(isMe ? "local:camera" : `${from.participant_id}:camera`, String(msg.body?.emoji ?? ""));
+    } else if (msg.kind === "poll" || msg.kind === "check") {
+      this.showQuestion(msg, isMe);
+    } else if (msg.kind === "poll_answer" || msg.kind === "check_answer") {
+      this.countAnswer(msg);
     }
+  }
+
+  // --- polls and comprehension checks -------------------------------------------------------------
+  /** An instructor puts a question to the room; with a right option it is a comprehension check. */
+  async ask(question, options, correct) {
+    const pollId = `q${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+    const msg = { type: "poll", poll_id: pollId, question, options };
+    if (correct !== null) msg.correct = correct;
+    this.asked.set(pollId, { correct, answers: new Map() });
+    try {
+      await this.send(msg);
+    } catch (err) {
+      this.asked.delete(pollId);
+      this.systemMessage(`Not asked: ${err.message}`);
+    }
+  }
+
+  showQuestion(msg, isMe) {
+    const body = msg.body || {};
+    const options = Array.isArray(body.options) ? body.options.map(String) : [];
+    const li = document.createElement("li");
+    li.className = "question";
+    li.dataset.poll = String(body.poll_id ?? "");
+    const title = document.createElement("p");
+    title.className = "question-text";
+    title.textContent = `${msg.kind === "check" ? "Check" : "Poll"}: ${String(body.question ?? "")}`;
+    const choices = document.createElement("div");
+    choices.className = "choices";
+    const answering = this.can("data") && !this.can("moderate") && !isMe;
+    options.forEach((text, index) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = text;
+      button.dataset.choice = String(index);
+      button.disabled = !answering;
+      button.addEventListener("click", () => this.answer(li, msg.kind === "check", index));
+      choices.append(button);
+    });
+    const tally = document.createElement("p");
+    tally.className = "tally";
+    li.append(title, choices, tally);
+    this.appendMessage(li);
+    this.renderTally(li.dataset.poll, options);
+  }
+
+  async answer(li, check, choice) {
+    const buttons = [...li.querySelectorAll("button")];
+    for (const b of buttons) b.disabled = true;
+    try {
+      await this.send({ type: "answer", poll_id: li.dataset.poll, choice, check });
+      buttons[choice].setAttribute("aria-pressed", "true");
+      li.querySelector(".tally").textContent = "Answer sent";
+    } catch (err) {
+      for (const b of buttons) b.disabled = false;
+      li.querySelector(".tally").textContent = `Not sent: ${err.message}`;
+    }
+  }
+
+  countAnswer(msg) {
+    const pollId = String(msg.body?.poll_id ?? "");
+    let poll = this.asked.get(pollId);
+    if (!poll) {
+      poll = { correct: null, answers: new Map() };  // another moderator asked it
+      this.asked.set(pollId, poll);
+    }
+    poll.answers.set(msg.from?.participant_id, Number(msg.body?.choice));
+    const li = document.querySelector(`#messages li.question[data-poll="${CSS.escape(pollId)}"]`);
+    if (li) this.renderTally(pollId, [...li.querySelectorAll("button")].map((b) => b.textContent));
+  }
+
+  renderTally(pollId, options) {
+    const poll = this.asked.get(pollId);
+    const li = document.querySelector(`#messages li.question[data-poll="${CSS.escape(pollId)}"]`);
+    if (!poll || !li) return;
+    const counts = options.map((_, i) => [...poll.answers.values()].filter((c) => c === i).length);
+    const parts = options.map((text, i) => `${text}: ${counts[i]}${poll.correct === i ? " (right)" : ""}`);
+    li.querySelector(".tally").textContent = `${poll.answers.size} answer(s) · ${parts.join(" · ")}`;
   }
 
   // --- media -------------------------------------------------------------------------------------
@@ -597,6 +679,7 @@ class Classroom {
     $("publish-controls").hidden = !this.canPublish();
     $("btn-screen").hidden = !this.can("publish_screen");
     $("data-controls").hidden = !this.can("data");
+    $("btn-ask").hidden = !this.can("moderate");
     for (const el of document.querySelectorAll("#chat-form input, #chat-form button")) {
       el.disabled = !this.can("data");
     }
@@ -895,6 +978,30 @@ function main() {
   $("btn-camera").addEventListener("click", () => room.toggleCamera());
   $("btn-screen").addEventListener("click", () => room.toggleScreen());
   $("btn-hand").addEventListener("click", () => room.toggleHand());
+  $("btn-ask").addEventListener("click", () => {
+    const form = $("ask-form");
+    form.hidden = !form.hidden;
+    $("btn-ask").setAttribute("aria-pressed", String(!form.hidden));
+    if (!form.hidden) $("ask-question").focus();
+  });
+  $("ask-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const question = $("ask-question").value.trim();
+    const options = $("ask-options").value.split("\n").map((o) => o.trim()).filter(Boolean);
+    const right = $("ask-correct").value ? Number($("ask-correct").value) - 1 : null;
+    if (!question || options.length < 2 || options.length > 8) {
+      room.systemMessage("A question needs 2 to 8 options");
+      return;
+    }
+    if (right !== null && !(right >= 0 && right < options.length)) {
+      room.systemMessage(`The right option must be between 1 and ${options.length}`);
+      return;
+    }
+    room.ask(question, options, right);
+    $("ask-form").reset();
+    $("ask-form").hidden = true;
+    $("btn-ask").setAttribute("aria-pressed", "false");
+  });
   $("btn-leave").addEventListener("click", () => room.leave());
   $("btn-rejoin").addEventListener("click", () => room.rejoin());
   for (const button of document.querySelectorAll("button.reaction")) {
