@@ -29,6 +29,7 @@ from core.tokens import TokenIssuer
 from orchestrator.api.app import build_api_app
 from orchestrator.api.hooks import ApiHooks, BookingChange
 from orchestrator.at_risk import AtRiskWatch
+from orchestrator.documentation import Documenter
 from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError, NotFoundError
 from orchestrator.forecast import forecast
 from orchestrator.join_revocations import JoinLinkRevocations
@@ -190,7 +191,7 @@ class OrchestratorService(Service):
 
     async def _leader_work(self, token: int) -> None:
         """What only the leader does: provisioning, recording jobs, moving rooms off draining nodes, rollouts,
-        notifications and at-risk detection."""
+        notifications, at-risk detection and session documents."""
         assert self._recordings is not None and self._store is not None
         await asyncio.gather(
             self.provisioner.run(token),
@@ -199,6 +200,7 @@ class OrchestratorService(Service):
             self.rollouts.run(),
             self.notifier.run(token),
             AtRiskWatch(self._store).run(),
+            Documenter(self._store).run(),
         )
 
     async def _migration_loop(self) -> None:

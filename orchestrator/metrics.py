@@ -132,3 +132,8 @@ AT_RISK_ASSESSMENTS = Counter(
     "Students assessed after a session of theirs ended, by verdict (at_risk, fine).",
     ["verdict"],
 )
+
+DOCUMENTS_DRAFTED = Counter(
+    "classmesh_orchestrator_session_documents_drafted_total",
+    "Session documents drafted when their session ended.",
+)

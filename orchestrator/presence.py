@@ -142,7 +142,13 @@ def engagement_of(event: PresenceEvent) -> tuple[str, float, dict[str, object]] 
     if kind in ("poll_answer", "check_answer"):
         return str(kind), 1.0, {"poll_id": str(body.get("poll_id"))[:128], "choice": _index(body.get("choice"))}
     if kind in ("poll", "check"):
-        asked: dict[str, object] = {"poll_id": str(body.get("poll_id"))[:128], "check": kind == "check"}
+        options = body.get("options")
+        asked: dict[str, object] = {
+            "poll_id": str(body.get("poll_id"))[:128],
+            "check": kind == "check",
+            "question": str(body.get("question", ""))[:500],
+            "options": [str(o)[:200] for o in options[:8]] if isinstance(options, list) else [],
+        }
         if kind == "check":
             asked["correct"] = _index(body.get("correct"))
         return "question", 1.0, asked

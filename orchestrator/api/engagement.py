@@ -1,4 +1,5 @@
-"""Engagement endpoints: what each person did in a session, and a student's sessions one after another.
+"""Engagement endpoints: what each person did in a session, a student's sessions one after another, and each
+session's document (drafted by the system when it ends, completed by its instructor).
 
 The figures come from the media nodes' events, captured in every session without any set-up
 (``orchestrator/store/engagement.py``): attendance inside the scheduled time, talk time, chat messages,
@@ -16,6 +17,7 @@ from orchestrator.api.handlers import ok, page
 from orchestrator.api.operations import PAGING, Call, Operation, QueryParam
 from orchestrator.api.schemas import COMPONENTS, DATETIME, nullable, obj, page_of, ref
 from orchestrator.store import codec
+from orchestrator.store.documents import SessionDocument
 from orchestrator.store.engagement import ParticipantEngagement
 
 
@@ -29,6 +31,38 @@ async def session_engagement(call: Call) -> web.Response:
     session = await call.store.get_session(call.path["session_id"])
     rows = (await call.store.engagement_of([session]))[session.session_id]
     return ok({**codec.session_to_dict(session), "participants": [engagement_to_dict(r) for r in rows]})
+
+
+def document_to_dict(d: SessionDocument) -> dict[str, Any]:
+    return {
+        "session_id": d.session_id,
+        "status": d.status,
+        "draft": d.draft,
+        "notes": d.notes,
+        "curriculum_covered": d.curriculum_covered,
+        "completed_by": d.completed_by,
+        "completed_at": codec.iso_or_none(d.completed_at),
+        "created_at": codec.iso(d.created_at),
+        "updated_at": codec.iso(d.updated_at),
+    }
+
+
+async def get_document(call: Call) -> web.Response:
+    session = await call.store.get_session(call.path["session_id"])  # 404 for an unknown session first
+    return ok(document_to_dict(await call.store.get_document(session.session_id)))
+
+
+async def complete_document(call: Call) -> web.Response:
+    session = await call.store.get_session(call.path["session_id"])
+    body = call.body
+    document = await call.store.complete_document(
+        session.session_id,
+        notes=body["notes"],
+        curriculum_covered=body.get("curriculum_covered", session.curriculum_unit),
+        completed_by=body.get("completed_by") or session.instructor_id,
+    )
+    await call.store.resolve_exception_key(f"documentation_missing:{session.session_id}")
+    return ok(document_to_dict(document))
 
 
 async def student_engagement(call: Call) -> web.Response:
@@ -105,10 +139,75 @@ COMPONENTS.update(
             [*_session["required"], "engagement"],
         ),
         "StudentSessionEngagementPage": page_of("StudentSessionEngagement"),
+        "SessionDocument": obj(
+            {
+                "session_id": {"type": "string"},
+                "status": {"type": "string", "enum": ["draft", "completed"]},
+                "draft": {
+                    "type": "object",
+                    "description": "written when the session ended: attendance, participation, talk, questions and "
+                    "checks with their answers, curriculum_unit, recording, follow_up (see docs/api.md)",
+                },
+                "notes": {"type": ["string", "null"]},
+                "curriculum_covered": {"type": ["string", "null"]},
+                "completed_by": {"type": ["string", "null"]},
+                "completed_at": nullable(DATETIME),
+                "created_at": DATETIME,
+                "updated_at": DATETIME,
+            },
+            [
+                "session_id",
+                "status",
+                "draft",
+                "notes",
+                "curriculum_covered",
+                "completed_by",
+                "completed_at",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        "SessionDocumentCompletion": obj(
+            {
+                "notes": {"type": "string", "minLength": 1, "maxLength": 20000},
+                "curriculum_covered": {
+                    "type": ["string", "null"],
+                    "maxLength": 200,
+                    "description": "what was covered (default: the session's curriculum_unit)",
+                },
+                "completed_by": {"type": "string", "minLength": 1, "maxLength": 200},
+            },
+            ["notes"],
+        ),
     }
 )
 
 ENGAGEMENT_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "GET",
+        "/sessions/{session_id}/document",
+        "getSessionDocument",
+        "A session's document: the system's draft and the instructor's notes",
+        "engagement",
+        "sessions:read",
+        get_document,
+        "SessionDocument",
+        description="404 until the session has ended and its draft is written (within a minute, or once its "
+        "recording is built).",
+    ),
+    Operation(
+        "PUT",
+        "/sessions/{session_id}/document/completion",
+        "completeSessionDocument",
+        "Complete a session's document with the instructor's notes",
+        "engagement",
+        "sessions:write",
+        complete_document,
+        "SessionDocument",
+        request="SessionDocumentCompletion",
+        description="Sets status completed; doing it again replaces the notes. Resolves the session's "
+        "documentation_missing exception.",
+    ),
     Operation(
         "GET",
         "/sessions/{session_id}/engagement",

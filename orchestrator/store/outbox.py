@@ -23,6 +23,7 @@ EVENT_TYPES: Final = (
     "session.started",
     "session.ended",
     "session.instructor_changed",
+    "session.documented",
     "participant.joined",
     "participant.left",
     "recording.ready",

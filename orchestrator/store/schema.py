@@ -504,3 +504,18 @@ engagement_events = sa.Table(
     sa.Column("details", sa.JSON, nullable=False),
     sa.Index("ix_engagement_events_participant_at", "participant_id", "at"),
 )
+
+session_documents = sa.Table(
+    "session_documents",
+    metadata,
+    sa.Column("session_id", ID, sa.ForeignKey("sessions.session_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),  # draft | completed
+    sa.Column("draft", sa.JSON, nullable=False),  # written by the system when the session ends
+    sa.Column("notes", sa.Text, nullable=True),  # the instructor's own
+    sa.Column("curriculum_covered", sa.String(200), nullable=True),
+    sa.Column("completed_by", sa.String(200), nullable=True),
+    _ts("completed_at", nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.Index("ix_session_documents_status_created", "status", "created_at"),
+)

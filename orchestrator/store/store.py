@@ -39,6 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.store import codec
 from orchestrator.store import schema as t
+from orchestrator.store.documents import DocumentsStore
 from orchestrator.store.engagement import EngagementStore
 from orchestrator.store.migrate import upgrade_to_head
 from orchestrator.store.models import (
@@ -126,7 +127,7 @@ class _ClaimRace(Exception):
     """Another transaction took a slot between our check and our insert: retry from the start."""
 
 
-class Store(RecordingsStore, EngagementStore):
+class Store(RecordingsStore, EngagementStore, DocumentsStore):
     """The orchestrator's SQL store."""
 
     def __init__(self, engine: AsyncEngine, *, memory: bool = False) -> None:
