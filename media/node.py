@@ -383,11 +383,17 @@ class MediaNode(Service):
         if room is None:
             return
         for pid in [p for p, s in self._seats.items() if s.room_id == room_id]:
+            self._stop_speaking(room, pid)  # while the seat exists, so its last stretch of speech is reported
             self._to_participant(pid, {"type": "removed", "reason": "room_closed"})
             self._presence("left", pid, {"reason": "room_closed"})
             del self._seats[pid]
         await room.close()
         logger.info("node=%s room=%s closed", self.config.node_id, room_id)
+
+    @staticmethod
+    def _stop_speaking(room: Room, pid: str) -> None:
+        with contextlib.suppress(MediaError):  # not in the room (any more)
+            room.participant(pid).stop_speaking()
 
     def _describe(self, pid: str, room: Room) -> dict[str, Any]:
         seat = self._seats[pid]
@@ -629,6 +635,8 @@ class MediaNode(Service):
         if seat is None:
             return
         room = self._rooms.get(seat.room_id)
+        if room is not None:
+            self._stop_speaking(room, pid)  # while the seat exists, so its last stretch of speech is reported
         self._presence("left", pid, {"reason": reason})
         if not seat.hidden:
             self._to_room(

@@ -136,13 +136,17 @@ class Participant:
         if change is not None:
             self._room._speaking(self, change, self.talk_time_ms, 0 if change else self._meter.last_segment_ms)
 
+    def stop_speaking(self) -> None:
+        """End a stretch of speech now (leaving, closing): its speaking_stopped, with its length, goes out."""
+        if self._meter.speaking:
+            self._speaking_change(self._meter.tick(time.monotonic() + self._meter.stop_hold))
+
     async def close(self) -> None:
         """Unpublish all tracks and close both peer connections (idempotent)."""
         if self._closed:
             return
         self._closed = True
-        if self._meter.speaking:
-            self._speaking_change(self._meter.tick(time.monotonic() + self._meter.stop_hold))
+        self.stop_speaking()
         await self.publisher.close()
         if self.subscriber is not None:
             await self.subscriber.close()

@@ -201,7 +201,20 @@ class OrchestratorService(Service):
             self.notifier.run(token),
             AtRiskWatch(self._store).run(),
             Documenter(self._store).run(),
+            self._snooze_loop(),
         )
+
+    async def _snooze_loop(self) -> None:
+        """Snoozed exceptions open again when their time comes."""
+        while True:
+            try:
+                assert self._store is not None
+                woken = await self._store.wake_snoozed_exceptions()
+                if woken:
+                    logger.info("snoozed exceptions open again count=%d", woken)
+            except Exception:
+                logger.exception("snooze round failed")
+            await asyncio.sleep(30.0)
 
     async def _migration_loop(self) -> None:
         while True:

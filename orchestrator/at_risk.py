@@ -14,6 +14,8 @@ A flag is one open exception per student (``student_at_risk:<student>``, kind ``
 carry the reasons and the sessions they were read from. It is raised again only on new evidence (a session
 that ended since, ``details.as_of_session_id``), so an operator who resolved it is not overruled by the same
 data; it resolves itself once the rules no longer hold. Fewer than ``min_sessions`` ended sessions: no verdict.
+Sessions no instructor attended are left out (the class did not take place), and a class ended early is
+measured against the time it ran (``store.engagement.summarise``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestrator.metrics import AT_RISK_ASSESSMENTS
+from orchestrator.metrics import AT_RISK_FLAGS
 from orchestrator.store import Store
 from orchestrator.store.engagement import ParticipantEngagement
 from orchestrator.store.models import ExceptionStatus, Session, SessionStatus
@@ -64,10 +66,11 @@ def assess(history: Sequence[ParticipantEngagement], rules: AtRiskRules) -> list
     if len(recent) == rules.consecutive_absences and all(e.attended_s == 0 for e in recent):
         reasons.append({"rule": "consecutive_absences", "missed": rules.consecutive_absences})
     half = len(history) // 2
-    older = [participation(e) for e in history[:half]]
-    newer = [participation(e) for e in history[-half:]]
-    before, after = sum(older) / len(older), sum(newer) / len(newer)
-    if half >= 2 and before > 0 and after < rules.decline * before:
+    if half < 2:
+        return reasons
+    before = sum(participation(e) for e in history[:half]) / half
+    after = sum(participation(e) for e in history[-half:]) / half
+    if before > 0 and after < rules.decline * before:
         reasons.append(
             {"rule": "declining_participation", "before_per_session": round(before, 2), "after": round(after, 2)}
         )
@@ -105,20 +108,26 @@ class AtRiskWatch:
         if not sessions:
             return False
         summaries = await self._store.engagement_of(sessions, now=now)
+        # a class no instructor came to did not happen for the student either: it is not their absence
+        sessions = [
+            s for s in sessions if any(r.role == "instructor" and r.first_joined_at for r in summaries[s.session_id])
+        ]
+        if not sessions:
+            return False
         history = [_row(summaries[s.session_id], student_id) for s in sessions]
         reasons = assess(history, self.rules)
         key = f"{KIND}:{student_id}"
         existing = await self._store.exception_by_key(key)
         latest = sessions[-1].session_id
         if not reasons:
-            AT_RISK_ASSESSMENTS.labels("fine").inc()
             if existing is not None and existing.status is not ExceptionStatus.RESOLVED:
                 await self._store.resolve_exception_key(key)
+                AT_RISK_FLAGS.labels("resolved").inc()
                 logger.info("student no longer at risk student=%s as_of=%s", student_id, latest)
             return False
-        AT_RISK_ASSESSMENTS.labels("at_risk").inc()
         if existing is not None and existing.details.get("as_of_session_id") == latest:
             return True  # nothing new since the last verdict (which an operator may have resolved)
+        AT_RISK_FLAGS.labels("raised").inc()
         await self._store.raise_exception(
             key,
             KIND,

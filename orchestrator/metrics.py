@@ -127,13 +127,18 @@ ENGAGEMENT_EVENTS = Counter(
     ["kind"],
 )
 
-AT_RISK_ASSESSMENTS = Counter(
-    "classmesh_orchestrator_at_risk_assessments_total",
-    "Students assessed after a session of theirs ended, by verdict (at_risk, fine).",
-    ["verdict"],
+AT_RISK_FLAGS = Counter(
+    "classmesh_orchestrator_at_risk_flags_total",
+    "student_at_risk exceptions raised (on new evidence) or resolved (no rule holds any more).",
+    ["change"],
 )
 
 DOCUMENTS_DRAFTED = Counter(
     "classmesh_orchestrator_session_documents_drafted_total",
     "Session documents drafted when their session ended.",
+)
+
+EVENTS_DROPPED = Counter(
+    "classmesh_orchestrator_presence_events_dropped_total",
+    "Presence events given up after failing to be stored five times in a row (each is logged whole).",
 )

@@ -5,7 +5,9 @@ Reads the durable event stream in the consumer group ``orchestrator`` (every rep
 goes to one of them). An event is acknowledged only after the store has it, and events left pending by a
 replica that died are claimed by another after ``claim_after_ms``: nothing is lost. Handling is idempotent
 (a session already live is not started again; a redelivered join adds an attendance row for the same
-interval, which attendance reports merge).
+interval, which attendance reports merge). An event that fails five times in a row in one consumer is logged
+whole and dropped (``classmesh_orchestrator_presence_events_dropped_total``) so that it cannot hold back the
+events behind it; a store that is down makes every event fail, and they are retried until it is back.
 
 Engagement (``orchestrator/store/engagement.py``): a stretch of speech ending (``speaking_stopped`` with its
 ``segment_ms``), a chat message, a raised hand, a reaction, a poll or comprehension-check answer, and a question
@@ -26,7 +28,7 @@ from datetime import UTC, datetime
 from core.bus import Bus, Delivery
 from core.messages import EVENTS_STREAM, MessageError, PresenceEvent, decode
 from orchestrator.errors import InvalidStateError, NotFoundError
-from orchestrator.metrics import ENGAGEMENT_EVENTS
+from orchestrator.metrics import ENGAGEMENT_EVENTS, EVENTS_DROPPED
 from orchestrator.store import Store
 from orchestrator.store.engagement import EngagementEvent
 from orchestrator.store.models import Session, SessionStatus
@@ -34,6 +36,7 @@ from orchestrator.store.models import Session, SessionStatus
 logger = logging.getLogger(__name__)
 
 GROUP = "orchestrator"
+MAX_ATTEMPTS = 5
 
 
 class PresenceConsumer:
@@ -44,13 +47,18 @@ class PresenceConsumer:
         *,
         consumer: str | None = None,
         claim_after_ms: int = 10_000,
+        claim_every: int = 10,
+        retry_after_s: float = 1.0,
         on_events: Callable[[], None] = lambda: None,
     ) -> None:
         self._bus = bus
         self._store = store
         self._consumer = consumer or f"orchestrator-{uuid.uuid4().hex[:8]}"
         self._claim_after_ms = claim_after_ms
+        self._claim_every = claim_every  # rounds between looks at events other consumers left pending
+        self._retry_after_s = retry_after_s
         self._on_events = on_events
+        self._failures: dict[str, int] = {}  # delivery id -> failed attempts in this process
 
     async def run(self) -> None:
         await self._bus.ensure_group(EVENTS_STREAM, GROUP)
@@ -59,18 +67,35 @@ class PresenceConsumer:
             try:
                 batch = await self._bus.read_group(EVENTS_STREAM, GROUP, self._consumer, count=64, block_ms=1000)
                 rounds += 1
-                if rounds % 10 == 0:
+                if rounds % self._claim_every == 0:
                     batch += await self._bus.claim_stale(
                         EVENTS_STREAM, GROUP, self._consumer, min_idle_ms=self._claim_after_ms
                     )
                 for delivery in batch:
-                    await self._handle(delivery)
+                    try:
+                        await self._handle(delivery)
+                    except Exception:
+                        if not self._give_up(delivery):
+                            raise  # retried: the event stays pending and is claimed again
+                    else:
+                        self._failures.pop(delivery.id, None)
                     await self._bus.ack(EVENTS_STREAM, GROUP, delivery.id)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("presence consumer round failed; retrying")
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(self._retry_after_s)
+
+    def _give_up(self, delivery: Delivery) -> bool:
+        """After ``MAX_ATTEMPTS`` failures of one event here, log it whole and let it go: an event that can never
+        be stored must not hold back the ones behind it. Fewer: it is retried (the store may be down)."""
+        attempts = self._failures[delivery.id] = self._failures.get(delivery.id, 0) + 1
+        if attempts < MAX_ATTEMPTS:
+            return False
+        del self._failures[delivery.id]
+        EVENTS_DROPPED.inc()
+        logger.error("presence: dropped event id=%s after %d failures: %.500r", delivery.id, attempts, delivery.payload)
+        return True
 
     async def _handle(self, delivery: Delivery) -> None:
         try:

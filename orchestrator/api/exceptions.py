@@ -57,13 +57,17 @@ async def update_exception(call: Call) -> web.Response:
     body = call.body
     current = await call.store.get_exception(call.path["exception_id"])
     status = ExceptionStatus(body["status"]) if "status" in body else current.status
-    if status is ExceptionStatus.SNOOZED and "snoozed_until" not in body:
-        raise InvalidInputError("snoozing needs snoozed_until", [FieldError("/snoozed_until", "required to snooze")])
     if "snoozed_until" in body and status is not ExceptionStatus.SNOOZED:
         raise InvalidInputError(
             "snoozed_until goes with status snoozed", [FieldError("/snoozed_until", "only with status snoozed")]
         )
     until = parse_datetime(body["snoozed_until"]) if "snoozed_until" in body else None
+    if status is ExceptionStatus.SNOOZED and until is None:
+        if current.status is not ExceptionStatus.SNOOZED:  # an owner change keeps a snooze as it is
+            raise InvalidInputError(
+                "snoozing needs snoozed_until", [FieldError("/snoozed_until", "required to snooze")]
+            )
+        until = current.snoozed_until
     updated = await call.store.set_exception_status(
         current.exception_id, status, owner=body.get("owner"), snoozed_until=until
     )
@@ -159,7 +163,8 @@ EXCEPTION_OPERATIONS: tuple[Operation, ...] = (
         update_exception,
         "OperationalException",
         request="OperationalExceptionPatch",
-        description="`owner` assigns it; `status` acked, snoozed (with `snoozed_until`), resolved, or open again. "
+        description="`owner` assigns it; `status` acked, snoozed (with `snoozed_until`; it opens again then), "
+        "resolved, or open again. "
         "The system may reopen a resolved exception when its cause comes back.",
     ),
 )

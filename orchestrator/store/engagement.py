@@ -72,7 +72,11 @@ def summarise(
 ) -> list[ParticipantEngagement]:
     """One row per person: the session's instructor, then its students in booking order, then anyone else who
     joined or did something (an observer, a substitute who left again)."""
+    attendance = list(attendance)
     start, end = session.start, session.end
+    if session.status is SessionStatus.ENDED and attendance and all(a.left_at for a in attendance):
+        # a class ended early is over when its last participant left: measure against the time it ran
+        end = max(start, min(end, max(a.left_at for a in attendance if a.left_at)))
     scheduled = max(1.0, (end - start).total_seconds())
     intervals: dict[str, list[tuple[datetime, datetime]]] = {}
     roles: dict[str, str] = {session.instructor_id: "instructor", **dict.fromkeys(session.student_ids, "student")}
@@ -85,18 +89,18 @@ def summarise(
         if hi > lo:
             intervals.setdefault(a.participant_id, []).append((lo, hi))
     counts: dict[str, dict[str, float]] = {}
-    right: dict[str, int] = {}  # poll id -> a check's right option
-    latest: dict[str, dict[str, tuple[bool, object]]] = {}  # person -> poll id -> (is a check, latest choice)
+    asked: dict[str, int | None] = {}  # poll id -> a check's right option (None: a poll)
+    latest: dict[str, dict[str, object]] = {}  # person -> poll id -> latest choice
     for e in events:
         roles.setdefault(e.participant_id, e.role)
         per = counts.setdefault(e.participant_id, {})
         per[e.kind] = per.get(e.kind, 0.0) + e.value
         details = e.details or {}
-        if e.kind == "question" and isinstance(details.get("correct"), int):
-            right[str(details.get("poll_id"))] = details["correct"]
+        if e.kind == "question":
+            correct = details.get("correct")
+            asked[str(details.get("poll_id"))] = correct if details.get("check") and isinstance(correct, int) else None
         elif e.kind in ("poll_answer", "check_answer"):
-            poll = str(details.get("poll_id", f"#{len(latest.get(e.participant_id, {}))}"))
-            latest.setdefault(e.participant_id, {})[poll] = (e.kind == "check_answer", details.get("choice"))
+            latest.setdefault(e.participant_id, {})[str(details.get("poll_id"))] = details.get("choice")
     total_talk = sum(c.get("talk", 0.0) for c in counts.values())
     expected = {session.instructor_id, *session.student_ids}
     out = []
@@ -104,8 +108,9 @@ def summarise(
         attended = _union_seconds(intervals.get(pid, []))
         c = counts.get(pid, {})
         talk = round(c.get("talk", 0.0), 3)
-        answered = latest.get(pid, {})
-        checks = [(poll, choice) for poll, (is_check, choice) in answered.items() if is_check]
+        # only answers to questions that were asked count; whether one was a check is the question's to say
+        answered = {poll: choice for poll, choice in latest.get(pid, {}).items() if poll in asked}
+        checks = [(poll, choice) for poll, choice in answered.items() if asked[poll] is not None]
         out.append(
             ParticipantEngagement(
                 participant_id=pid,
@@ -121,7 +126,7 @@ def summarise(
                 reactions=int(c.get("reaction", 0)),
                 answers=len(answered),
                 checks_answered=len(checks),
-                checks_correct=sum(1 for poll, choice in checks if poll in right and right[poll] == choice),
+                checks_correct=sum(1 for poll, choice in checks if asked[poll] == choice),
                 questions_asked=int(c.get("question", 0)),
             )
         )

@@ -1160,6 +1160,8 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
                 }
                 if details is not None:
                     values["details"] = details
+                if subject_refs is not None:
+                    values["subject_refs"] = subject_refs
                 if r.status == ExceptionStatus.RESOLVED.value:
                     values.update(status=ExceptionStatus.OPEN.value, resolved_at=None)
                 await c.execute(t.exceptions.update().where(t.exceptions.c.exception_id == exc_id).values(**values))
@@ -1198,8 +1200,9 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
             if snoozed_until is None:
                 raise InvalidInputError("snoozing needs snoozed_until")
             values["snoozed_until"] = snoozed_until
-        if status is ExceptionStatus.RESOLVED:
-            values["resolved_at"] = now
+        else:
+            values["snoozed_until"] = None
+        values["resolved_at"] = now if status is ExceptionStatus.RESOLVED else None
         async with self.transaction() as c:
             res = await c.execute(
                 t.exceptions.update().where(t.exceptions.c.exception_id == exception_id).values(**values)
@@ -1208,6 +1211,18 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
                 raise NotFoundError("exception", exception_id)
             row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exception_id))).one()
         return _exception(row)
+
+    async def wake_snoozed_exceptions(self, now: datetime | None = None) -> int:
+        """Snoozed exceptions whose time has come are open again; returns how many."""
+        now = now or _now()
+        e = t.exceptions
+        async with self.transaction() as c:
+            done = await c.execute(
+                e.update()
+                .where(e.c.status == ExceptionStatus.SNOOZED.value, e.c.snoozed_until <= now)
+                .values(status=ExceptionStatus.OPEN.value, snoozed_until=None, updated_at=now)
+            )
+        return int(done.rowcount or 0)
 
     async def get_exception(self, exception_id: str) -> OperationalException:
         async with self.read() as c:

@@ -17,6 +17,7 @@ from core.bus import LocalBus, RemoteError
 from core.messages import EVENTS_STREAM, decode, node_rpc
 from core.service import ServiceHost
 from media.node import MediaNode, MediaNodeConfig, subscriber_tracks, turn_credentials
+from tests.media.peers import ToneTrack
 
 
 def test_turn_credentials_follow_coturns_rest_scheme() -> None:
@@ -123,6 +124,36 @@ async def test_a_checks_answer_stays_with_the_instructor_and_the_event_stream(st
     finally:
         for c in (teacher, sam, ria):
             await c.close()
+
+
+async def test_a_stretch_of_speech_cut_short_by_leaving_is_still_reported(stack: Any) -> None:
+    bus = stack.bus
+    await bus.ensure_group(EVENTS_STREAM, "probe")
+    token = stack.issuer.mint(room="talk", identity="tom", name="Tom", role="student")
+    client = ClassroomClient(stack.signaling_url, token, room="talk")
+    tone = ToneTrack()
+    events: list[Any] = []
+
+    async def until(event: str) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and event not in [e.event for e in events]:
+            batch = await bus.read_group(EVENTS_STREAM, "probe", "c", block_ms=200)
+            events.extend(decode(d.payload) for d in batch if d.payload.get("room_id") == "talk")
+
+    try:
+        await client.connect()
+        await client.publish([("microphone", tone)])
+        tone.loud = True
+        await until("speaking_started")
+        await asyncio.sleep(1.0)
+        await client.leave()  # still talking
+        await until("left")
+    finally:
+        await client.close()
+    kinds = [e.event for e in events]
+    assert "speaking_stopped" in kinds and kinds.index("speaking_stopped") < kinds.index("left"), kinds
+    stopped = next(e for e in events if e.event == "speaking_stopped")
+    assert 800 <= stopped.details["segment_ms"] <= 5000, stopped.details
 
 
 _RECORDER_JOIN = {

@@ -77,8 +77,11 @@ async def test_the_watch_raises_keeps_reopens_and_resolves(store: Store) -> None
     )
     ids = [str(s.session_id) for s in sessions]
 
-    async def ended(index: int, *, present: bool, chats: int = 0) -> None:
+    async def ended(index: int, *, present: bool, chats: int = 0, taught: bool = True) -> None:
         start = starts[index]
+        if taught:
+            await store.record_join(ids[index], "ins", "instructor", at=start)
+            await store.record_leave(ids[index], "ins", at=start + timedelta(hours=1))
         if present:
             await store.record_join(ids[index], "s1", "student", at=start)
             await store.record_leave(ids[index], "s1", at=start + timedelta(hours=1))
@@ -93,7 +96,11 @@ async def test_the_watch_raises_keeps_reopens_and_resolves(store: Store) -> None
     assert await watch.run_once(now) == 0  # 2 of 3 attended, one absence, too short for a trend: not yet
     assert await store.exception_by_key(f"{KIND}:s1") is None
 
-    await ended(3, present=False)
+    # a class the instructor never came to is not the student's absence
+    await ended(3, present=False, taught=False)
+    assert await watch.run_once(now) == 0
+    await store.record_join(ids[3], "ins", "instructor", at=starts[3])  # ... but now the instructor came
+    await store.record_leave(ids[3], "ins", at=starts[3] + timedelta(hours=1))
     assert await watch.run_once(now) == 1
     flag = await store.exception_by_key(f"{KIND}:s1")
     assert flag is not None and flag.kind == KIND and flag.status is ExceptionStatus.OPEN
@@ -115,7 +122,7 @@ async def test_the_watch_raises_keeps_reopens_and_resolves(store: Store) -> None
     await watch.run_once(now)
     flag = await store.exception_by_key(f"{KIND}:s1")
     assert flag is not None and flag.status is ExceptionStatus.OPEN and flag.occurrences == 2
-    assert flag.details["as_of_session_id"] == ids[4]
+    assert flag.details["as_of_session_id"] == ids[4] and flag.subject_refs["session_id"] == ids[4]
 
     await ended(5, present=True, chats=4)  # back, and taking part: 3 of 6 attended, participation 1.33 -> 1.33
     assert await watch.run_once(now) == 0

@@ -115,6 +115,19 @@ function exceptionRows(page) {
   });
 }
 
+// Every open or acknowledged exception (pages of 200, up to 1000; the severest are sorted first here).
+async function openExceptions() {
+  const items = [];
+  let cursor = null;
+  for (let i = 0; i < 5; i += 1) {
+    const page = await api(`/exceptions?status=open,acked&limit=200${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    items.push(...page.items);
+    cursor = page.next_cursor;
+    if (!cursor) break;
+  }
+  return { items };
+}
+
 async function refresh() {
   if (!apiKey) {
     statusEl.textContent = "enter an API key (classmesh dev prints one)";
@@ -124,7 +137,7 @@ async function refresh() {
     const now = new Date();
     const until = new Date(now.getTime() + 24 * 3600 * 1000);
     const [exceptions, nodes, forecast, sessions] = await Promise.all([
-      api("/exceptions?status=open,acked&limit=200"),
+      openExceptions(),
       api("/nodes"),
       api("/forecast?hours=6"),
       api(`/sessions?limit=200&start_from=${encodeURIComponent(new Date(now.getTime() - 3600 * 1000).toISOString())}` +

@@ -3,6 +3,8 @@ resolving, the errors, and the scopes."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from orchestrator.api import create_api_key
 from tests.orchestrator.api.conftest import ApiFactory
 
@@ -39,8 +41,21 @@ async def test_the_queue_is_listed_and_worked_through(make_api: ApiFactory) -> N
     assert (await patch({"snoozed_until": "2030-01-01T00:00:00Z"}, worker))[0] == 422  # only when snoozing
     status, body = await patch({"status": "snoozed", "snoozed_until": "2030-01-01T00:00:00Z"}, worker)
     assert status == 200 and body["snoozed_until"] == "2030-01-01T00:00:00Z"
-    status, body = await patch({"status": "resolved"}, worker)
+    status, body = await patch({"owner": "hal"}, worker)  # handing it over keeps the snooze
+    assert status == 200 and (body["owner"], body["status"], body["snoozed_until"]) == (
+        "hal",
+        "snoozed",
+        "2030-01-01T00:00:00Z",
+    )
+    assert await api.store.wake_snoozed_exceptions(datetime(2029, 12, 31, tzinfo=UTC)) == 0
+    assert await api.store.wake_snoozed_exceptions(datetime(2030, 1, 1, tzinfo=UTC)) == 1  # its time came
+    status, body = await get(f"/exceptions/{risk.exception_id}")
+    assert (body["status"], body["snoozed_until"]) == ("open", None)
+    status, body = await patch({"status": "resolved", "owner": "gina"}, worker)
     assert status == 200 and body["status"] == "resolved" and body["resolved_at"] is not None
+    status, body = await patch({"status": "open"}, worker)  # reopened by hand: no longer resolved
+    assert (body["status"], body["resolved_at"]) == ("open", None)
+    status, body = await patch({"status": "resolved"}, worker)
     assert (await get(f"/exceptions/{risk.exception_id}"))[1]["status"] == "resolved"
     assert [e["kind"] for e in (await get("/exceptions?status=open"))[1]["items"]] == ["recording_incomplete"]
 
