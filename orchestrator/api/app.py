@@ -26,6 +26,7 @@ from orchestrator.api.operations import Call, Operation, docs_page, openapi_docu
 from orchestrator.api.ops import MATCH_OPERATIONS, OPS_OPERATIONS
 from orchestrator.api.problems import PROBLEM_JSON, problem, problem_from_exception
 from orchestrator.api.recordings import RECORDING_OPERATIONS, SESSION_OPS_OPERATIONS
+from orchestrator.api.reports import REPORT_OPERATIONS
 from orchestrator.api.scheduling import SCHEDULING_OPERATIONS
 from orchestrator.api.scheduling_services import SCHEDULING, SchedulingServices
 from orchestrator.errors import (
@@ -140,6 +141,7 @@ def build_api_app(store: Store, *, hooks: ApiHooks | None = None) -> web.Applica
         *RECORDING_OPERATIONS,
         *ENGAGEMENT_OPERATIONS,
         *EXCEPTION_OPERATIONS,
+        *REPORT_OPERATIONS,
         *SCHEDULING_OPERATIONS,
     )
     doc = openapi_document(operations)

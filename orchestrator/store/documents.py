@@ -7,6 +7,7 @@ Completing it adds the instructor's notes and what they actually covered; the dr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,6 +89,15 @@ class DocumentsStore:
         if r is None:
             raise NotFoundError("session document", session_id)
         return _document(r)
+
+    async def documents_of(self, session_ids: Sequence[str]) -> dict[str, SessionDocument]:
+        """The documents of those sessions that have one."""
+        if not session_ids:
+            return {}
+        d = t.session_documents
+        async with self.read() as c:
+            rows = await c.execute(sa.select(d).where(d.c.session_id.in_(list(session_ids))))
+            return {r.session_id: _document(r) for r in rows}
 
     async def complete_document(
         self, session_id: str, *, notes: str, curriculum_covered: str | None, completed_by: str

@@ -106,6 +106,14 @@ class RecordingsStore:
                 )
         return recording
 
+    async def recordings_of(self, session_ids: Sequence[str]) -> dict[str, Recording]:
+        """The recordings of those sessions that have one."""
+        if not session_ids:
+            return {}
+        async with self.read() as c:
+            rows = await c.execute(sa.select(t.recordings).where(t.recordings.c.session_id.in_(list(session_ids))))
+            return {r.session_id: _recording(r) for r in rows}
+
     async def recording_of(self, session_id: str) -> Recording | None:
         async with self.read() as c:
             r = (await c.execute(sa.select(t.recordings).where(t.recordings.c.session_id == session_id))).first()

@@ -44,6 +44,9 @@ async def test_dashboard_shows_nodes_forecast_and_refuses_without_a_key(stack: A
     await page.click("#exceptions tr[data-kind='student_at_risk'] button:text('Resolve')")
     await page.wait_for_function("document.querySelectorAll('#exceptions tbody tr').length === 1")
     assert (await store.exception_by_key("student_at_risk:s9")).status.value == "resolved"  # type: ignore[union-attr]
+    # the week at a glance (nothing ended this week in this stack)
+    assert (await page.inner_text("#week-summary")).startswith("0 sessions ended")
+    assert "Every student attended" in await page.inner_text("#week-students")
     # a key without the scope is refused and says why
     _, weak = await create_api_key(stack.orchestrator.store, "weak", ["bookings:read"])
     await page.fill("#key", weak)

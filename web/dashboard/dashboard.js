@@ -1,6 +1,7 @@
-// The ops dashboard: the exception queue, nodes with load, the calendar forecast and the coming sessions,
-// refreshed every 2 s. It calls the same /v1 API as any client, with an API key that has the ops:read and
-// sessions:read scopes (and exceptions:write to acknowledge or resolve from here).
+// The ops dashboard: the exception queue, the week at a glance, nodes with load, the calendar forecast and the
+// coming sessions, refreshed every 2 s (the week's report every minute). It calls the same /v1 API as any client,
+// with an API key that has the ops:read and sessions:read scopes (and exceptions:write to acknowledge or resolve
+// from here).
 const keyInput = document.getElementById("key");
 const statusEl = document.getElementById("status");
 let apiKey = sessionStorage.getItem("classmesh-api-key") || "";
@@ -10,6 +11,7 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   apiKey = keyInput.value.trim();
   sessionStorage.setItem("classmesh-api-key", apiKey);
+  week = null;  // asked again with the new key
   refresh();
 });
 
@@ -128,6 +130,38 @@ async function openExceptions() {
   return { items };
 }
 
+let week = null;
+let weekFetched = 0;
+
+async function thisWeek() {
+  if (week === null || Date.now() - weekFetched > 60_000) {
+    week = await api("/reports/week");
+    weekFetched = Date.now();
+  }
+  return week;
+}
+
+function percent(rate) {
+  return rate === null ? "-" : `${Math.round(rate * 100)} %`;
+}
+
+function showWeek(report) {
+  document.getElementById("week-summary").textContent = `${report.sessions} sessions ended · student attendance ` +
+    `${percent(report.attendance_rate)} · recordings with problems: ${report.recording_issues.length} · ` +
+    `documents completed ${report.documents.completed}, pending ${report.documents.pending}`;
+  fill("week-instructors", report.instructors.map((i) => {
+    const tr = document.createElement("tr");
+    if (i.below_peers.length) tr.className = "hot";
+    tr.append(cell(i.instructor_id), cell(i.sessions, true), cell(percent(i.attendance_rate), true),
+      cell(i.participation_per_student ?? "-", true), cell(i.documents_completed, true),
+      cell(i.documents_pending, true), cell(i.below_peers.map((f) => f.replaceAll("_", " ")).join(", ") || "-"));
+    return tr;
+  }));
+  document.getElementById("week-students").textContent = report.students_under_half.length
+    ? `Attended fewer than half their sessions: ${report.students_under_half.map((s) => `${s.student_id} (${s.attended}/${s.sessions})`).join(", ")}`
+    : "Every student attended at least half their sessions.";
+}
+
 async function refresh() {
   if (!apiKey) {
     statusEl.textContent = "enter an API key (classmesh dev prints one)";
@@ -136,14 +170,16 @@ async function refresh() {
   try {
     const now = new Date();
     const until = new Date(now.getTime() + 24 * 3600 * 1000);
-    const [exceptions, nodes, forecast, sessions] = await Promise.all([
+    const [exceptions, weekReport, nodes, forecast, sessions] = await Promise.all([
       openExceptions(),
+      thisWeek(),
       api("/nodes"),
       api("/forecast?hours=6"),
       api(`/sessions?limit=200&start_from=${encodeURIComponent(new Date(now.getTime() - 3600 * 1000).toISOString())}` +
         `&start_before=${encodeURIComponent(until.toISOString())}`),
     ]);
     fill("exceptions", exceptionRows(exceptions));
+    showWeek(weekReport);
     const hot = new Set(nodes.hot_nodes);
     fill("nodes", nodeRows(nodes, hot));
     document.getElementById("imbalance").textContent = Object.entries(nodes.imbalance)
