@@ -8,7 +8,9 @@ default 6) and flags the student when any rule holds:
 - ``consecutive_absences``: missed the last ``consecutive_absences`` (default 2) entirely;
 - ``declining_participation``: contributions per session (talk minutes + chat messages + raised hands +
   reactions + answers) in the newer half of the window fell below half of the older half's (read from four
-  sessions on: one against one is noise).
+  sessions on: one against one is noise);
+- ``comprehension_gaps``: in each of the last ``comprehension_gaps`` (default 3) sessions where the student
+  answered a comprehension check, they got fewer than half of their checks right.
 
 A flag is one open exception per student (``student_at_risk:<student>``, kind ``student_at_risk``) whose details
 carry the reasons and the sessions they were read from. It is raised again only on new evidence (a session
@@ -44,6 +46,7 @@ class AtRiskRules:
     attended_from: float = 0.5  # a session counts as attended from this attendance fraction
     low_attendance: float = 0.5  # flag below this share of attended sessions
     consecutive_absences: int = 2
+    comprehension_gaps: int = 3
     decline: float = 0.5  # flag when the newer half's participation is below this share of the older half's
     interval_s: float = 60.0
     lookback: timedelta = timedelta(hours=6)  # sessions that ended this long ago are still (re)assessed
@@ -66,13 +69,18 @@ def assess(history: Sequence[ParticipantEngagement], rules: AtRiskRules) -> list
     if len(recent) == rules.consecutive_absences and all(e.attended_s == 0 for e in recent):
         reasons.append({"rule": "consecutive_absences", "missed": rules.consecutive_absences})
     half = len(history) // 2
-    if half < 2:
-        return reasons
-    before = sum(participation(e) for e in history[:half]) / half
-    after = sum(participation(e) for e in history[-half:]) / half
-    if before > 0 and after < rules.decline * before:
+    if half >= 2:
+        before = sum(participation(e) for e in history[:half]) / half
+        after = sum(participation(e) for e in history[-half:]) / half
+        if before > 0 and after < rules.decline * before:
+            reasons.append(
+                {"rule": "declining_participation", "before_per_session": round(before, 2), "after": round(after, 2)}
+            )
+    checked = [e for e in history if e.checks_answered][-rules.comprehension_gaps :]
+    if len(checked) == rules.comprehension_gaps and all(e.checks_correct * 2 < e.checks_answered for e in checked):
+        right = sum(e.checks_correct for e in checked)
         reasons.append(
-            {"rule": "declining_participation", "before_per_session": round(before, 2), "after": round(after, 2)}
+            {"rule": "comprehension_gaps", "checks_right": right, "checks": sum(e.checks_answered for e in checked)}
         )
     return reasons
 

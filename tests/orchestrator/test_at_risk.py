@@ -22,7 +22,7 @@ from orchestrator.store.models import (
 RULES = AtRiskRules(lookback=timedelta(days=30))
 
 
-def row(attendance: float, contributions: int = 0) -> ParticipantEngagement:
+def row(attendance: float, contributions: int = 0, checks: tuple[int, int] = (0, 0)) -> ParticipantEngagement:
     return ParticipantEngagement(
         participant_id="s1",
         role="student",
@@ -36,8 +36,8 @@ def row(attendance: float, contributions: int = 0) -> ParticipantEngagement:
         hands_raised=0,
         reactions=0,
         answers=0,
-        checks_answered=0,
-        checks_correct=0,
+        checks_answered=checks[0],
+        checks_correct=checks[1],
         questions_asked=0,
     )
 
@@ -58,6 +58,11 @@ def test_the_rules() -> None:
     assert rules_of([row(1, 4), row(1, 4), row(1, 4), row(1, 1), row(1, 1), row(1, 1)]) == ["declining_participation"]
     assert rules_of([row(1, 4), row(1, 4), row(1, 4), row(1, 2), row(1, 2), row(1, 2)]) == []  # half: not below
     assert rules_of([row(1), row(1), row(1)]) == []  # never contributed: nothing declined
+    # checks mostly wrong in three sessions with checks in a row (a session without checks in between)
+    wrong = [row(1, 3, (2, 0)), row(1, 3), row(1, 3, (3, 1)), row(1, 3, (1, 0))]
+    assert rules_of(wrong) == ["comprehension_gaps"]
+    assert assess(wrong, RULES)[0] == {"rule": "comprehension_gaps", "checks_right": 1, "checks": 6}
+    assert rules_of([row(1, 3, (2, 0)), row(1, 3, (2, 1)), row(1, 3, (1, 0))]) == []  # half right is no gap
 
 
 async def test_the_watch_raises_keeps_reopens_and_resolves(store: Store) -> None:
