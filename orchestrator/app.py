@@ -50,6 +50,7 @@ from orchestrator.provisioning import Provisioner, ProvisioningConfig
 from orchestrator.recording import RecordingConfig, RecordingCoordinator
 from orchestrator.registry import NodeInfo, NodeRegistry
 from orchestrator.rollout import RolloutConflictError, RolloutDriver, RolloutError
+from orchestrator.rounds import every
 from orchestrator.scheduling_gate import SchedulingGate
 from orchestrator.store import Store
 from orchestrator.store.models import Session, SessionStatus
@@ -196,35 +197,25 @@ class OrchestratorService(Service):
         await asyncio.gather(
             self.provisioner.run(token),
             self._recordings.run(token),
-            self._migration_loop(),
+            every(1.0, self._start_migrations, "migration"),
             self.rollouts.run(),
             self.notifier.run(token),
             AtRiskWatch(self._store).run(),
             Documenter(self._store).run(),
-            self._snooze_loop(),
+            every(30.0, self._wake_snoozed, "snooze"),
         )
 
-    async def _snooze_loop(self) -> None:
+    async def _wake_snoozed(self) -> None:
         """Snoozed exceptions open again when their time comes."""
-        while True:
-            try:
-                assert self._store is not None
-                woken = await self._store.wake_snoozed_exceptions()
-                if woken:
-                    logger.info("snoozed exceptions open again count=%d", woken)
-            except Exception:
-                logger.exception("snooze round failed")
-            await asyncio.sleep(30.0)
+        assert self._store is not None
+        woken = await self._store.wake_snoozed_exceptions()
+        if woken:
+            logger.info("snoozed exceptions open again count=%d", woken)
 
-    async def _migration_loop(self) -> None:
-        while True:
-            try:
-                for info in self.registry.nodes("media"):
-                    if info.heartbeat.state == "draining":
-                        self._start_draining(info)
-            except Exception:
-                logger.exception("migration round failed")
-            await asyncio.sleep(1.0)
+    async def _start_migrations(self) -> None:
+        for info in self.registry.nodes("media"):
+            if info.heartbeat.state == "draining":
+                self._start_draining(info)
 
     async def close(self) -> None:
         for task in self._moving.values():

@@ -22,7 +22,6 @@ measured against the time it ran (``store.engagement.summarise``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator.metrics import AT_RISK_FLAGS
+from orchestrator.rounds import every
 from orchestrator.store import Store
 from orchestrator.store.engagement import ParticipantEngagement
 from orchestrator.store.models import ExceptionStatus, Session, SessionStatus
@@ -92,14 +92,7 @@ class AtRiskWatch:
 
     async def run(self) -> None:
         """The leader's loop."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("at-risk round failed")
-            await asyncio.sleep(self.rules.interval_s)
+        await every(self.rules.interval_s, self.run_once, "at-risk")
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Assess every student with a session that ended within the look-back; returns how many are flagged."""

@@ -14,7 +14,6 @@ session whatever the number of replicas (the store inserts it only if absent).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator.metrics import DOCUMENTS_DRAFTED
+from orchestrator.rounds import every
 from orchestrator.store import Store
 from orchestrator.store.engagement import EngagementEvent, ParticipantEngagement
 from orchestrator.store.models import Recording, Session
@@ -141,14 +141,7 @@ class Documenter:
 
     async def run(self) -> None:
         """The leader's loop."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("documentation round failed")
-            await asyncio.sleep(self.config.interval_s)
+        await every(self.config.interval_s, self.run_once, "documentation")
 
     async def run_once(self, now: datetime | None = None) -> int:
         """Draft what ended, flag what stayed a draft too long; returns how many drafts were written."""

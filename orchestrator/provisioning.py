@@ -19,7 +19,6 @@ States of a session as provisioning sees them::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from orchestrator.api.hooks import BookingChange
 from orchestrator.errors import InvalidStateError, NotFoundError
 from orchestrator.geo import locate
 from orchestrator.placement import Location, PlacementError, RegionSelector
+from orchestrator.rounds import every
 from orchestrator.store import Store
 from orchestrator.store.models import Session, SessionStatus
 
@@ -69,15 +69,11 @@ class Provisioner:
     async def run(self, fencing_token: int) -> None:
         """The leader's loop."""
         logger.info("provisioning loop started token=%d", fencing_token)
-        while True:
-            try:
-                await self.provision_due()
-                await self.close_finished()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("provisioning round failed")
-            await asyncio.sleep(self.config.interval_s)
+        await every(self.config.interval_s, self.run_once, "provisioning")
+
+    async def run_once(self) -> None:
+        await self.provision_due()
+        await self.close_finished()
 
     async def locations(self, session: Session) -> list[Location]:
         students = await self._store.get_students(session.student_ids)
