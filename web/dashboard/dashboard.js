@@ -80,6 +80,7 @@ function sessionRows(page) {
 function summary(e) {
   if (e.kind === "student_at_risk") return (e.details.reasons || []).map((r) => r.rule.replaceAll("_", " ")).join(", ");
   if (e.kind === "recording_incomplete") return `${(e.details.gaps || []).length} gap(s)`;
+  if (e.kind === "documentation_missing") return "session document not completed";
   return e.details.message || e.details.cause || e.details.reason || "";
 }
 
