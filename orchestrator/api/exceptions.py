@@ -8,8 +8,6 @@ or resolve it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from orchestrator.api.handlers import ok, page
@@ -18,26 +16,9 @@ from orchestrator.api.schemas import COMPONENTS, DATETIME, ID, nullable, obj, pa
 from orchestrator.api.validation import parse_datetime
 from orchestrator.errors import FieldError, InvalidInputError
 from orchestrator.store import codec
-from orchestrator.store.models import ExceptionStatus, OperationalException
+from orchestrator.store.models import ExceptionStatus
 
 _STATUSES = [s.value for s in ExceptionStatus]
-
-
-def exception_to_dict(e: OperationalException) -> dict[str, Any]:
-    return {
-        "exception_id": e.exception_id,
-        "kind": e.kind,
-        "severity": e.severity,
-        "status": e.status.value,
-        "owner": e.owner,
-        "subject_refs": e.subject_refs,
-        "details": e.details,
-        "occurrences": e.occurrences,
-        "snoozed_until": codec.iso_or_none(e.snoozed_until),
-        "created_at": codec.iso(e.created_at),
-        "updated_at": codec.iso(e.updated_at),
-        "resolved_at": codec.iso_or_none(e.resolved_at),
-    }
 
 
 async def list_exceptions(call: Call) -> web.Response:
@@ -46,11 +27,11 @@ async def list_exceptions(call: Call) -> web.Response:
     p = await call.store.list_exceptions(
         statuses=statuses, kind=q.get("kind"), limit=q["limit"], cursor=q.get("cursor")
     )
-    return page([exception_to_dict(e) for e in p.items], p.next_cursor)
+    return page([codec.exception_to_dict(e) for e in p.items], p.next_cursor)
 
 
 async def get_exception(call: Call) -> web.Response:
-    return ok(exception_to_dict(await call.store.get_exception(call.path["exception_id"])))
+    return ok(codec.exception_to_dict(await call.store.get_exception(call.path["exception_id"])))
 
 
 async def update_exception(call: Call) -> web.Response:
@@ -71,7 +52,7 @@ async def update_exception(call: Call) -> web.Response:
     updated = await call.store.set_exception_status(
         current.exception_id, status, owner=body.get("owner"), snoozed_until=until
     )
-    return ok(exception_to_dict(updated))
+    return ok(codec.exception_to_dict(updated))
 
 
 COMPONENTS.update(

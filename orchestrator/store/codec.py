@@ -13,6 +13,7 @@ from orchestrator.store.models import (
     Attendance,
     Booking,
     Instructor,
+    OperationalException,
     Recording,
     Session,
     Student,
@@ -166,3 +167,20 @@ def decode_cursor(cursor: str, arity: int) -> list[str]:
     if not isinstance(values, list) or len(values) != arity or not all(isinstance(v, str) for v in values):
         raise bad
     return values
+
+
+def exception_to_dict(e: OperationalException) -> dict[str, Any]:
+    return {
+        "exception_id": e.exception_id,
+        "kind": e.kind,
+        "severity": e.severity,
+        "status": e.status.value,
+        "owner": e.owner,
+        "subject_refs": e.subject_refs,
+        "details": e.details,
+        "occurrences": e.occurrences,
+        "snoozed_until": iso_or_none(e.snoozed_until),
+        "created_at": iso(e.created_at),
+        "updated_at": iso(e.updated_at),
+        "resolved_at": iso_or_none(e.resolved_at),
+    }

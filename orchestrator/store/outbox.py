@@ -29,6 +29,8 @@ EVENT_TYPES: Final = (
     "recording.ready",
     "recording.failed",
     "notification.due",
+    "exception.opened",
+    "exception.resolved",
 )
 
 

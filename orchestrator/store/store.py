@@ -1130,10 +1130,12 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
         subject_refs: dict[str, Any] | None = None,
         details: dict[str, Any] | None = None,
     ) -> OperationalException:
-        """Open (or bump) the exception with ``dedup_key``; a resolved one is reopened."""
+        """Open (or bump) the exception with ``dedup_key``; a resolved one is reopened. Opening and reopening
+        emit ``exception.opened`` (a bump of an open one does not)."""
         now = _now()
         async with self.transaction() as c:
             r = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.dedup_key == dedup_key))).first()
+            opened = r is None or r.status == ExceptionStatus.RESOLVED.value
             if r is None:
                 exc_id = ExceptionId(new_id("exc"))
                 await c.execute(
@@ -1166,6 +1168,8 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
                     values.update(status=ExceptionStatus.OPEN.value, resolved_at=None)
                 await c.execute(t.exceptions.update().where(t.exceptions.c.exception_id == exc_id).values(**values))
             row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exc_id))).one()
+            if opened:
+                await _emit_exception(c, "exception.opened", row, now)
         return _exception(row)
 
     async def exception_by_key(self, dedup_key: str) -> OperationalException | None:
@@ -1182,7 +1186,11 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
                 .where(t.exceptions.c.dedup_key == dedup_key, t.exceptions.c.status != ExceptionStatus.RESOLVED.value)
                 .values(status=ExceptionStatus.RESOLVED.value, resolved_at=now, updated_at=now)
             )
-        return bool(result.rowcount)
+            if not result.rowcount:
+                return False
+            row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.dedup_key == dedup_key))).one()
+            await _emit_exception(c, "exception.resolved", row, now)
+        return True
 
     async def set_exception_status(
         self,
@@ -1204,12 +1212,16 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
             values["snoozed_until"] = None
         values["resolved_at"] = now if status is ExceptionStatus.RESOLVED else None
         async with self.transaction() as c:
-            res = await c.execute(
-                t.exceptions.update().where(t.exceptions.c.exception_id == exception_id).values(**values)
-            )
-            if res.rowcount == 0:
+            before = (
+                await c.execute(sa.select(t.exceptions.c.status).where(t.exceptions.c.exception_id == exception_id))
+            ).scalar()
+            if before is None:
                 raise NotFoundError("exception", exception_id)
+            await c.execute(t.exceptions.update().where(t.exceptions.c.exception_id == exception_id).values(**values))
             row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exception_id))).one()
+            was_resolved = before == ExceptionStatus.RESOLVED.value
+            if was_resolved != (status is ExceptionStatus.RESOLVED):
+                await _emit_exception(c, "exception.opened" if was_resolved else "exception.resolved", row, now)
         return _exception(row)
 
     async def wake_snoozed_exceptions(self, now: datetime | None = None) -> int:
@@ -2273,6 +2285,11 @@ def _delivery(r: sa.Row[Any]) -> WebhookDelivery:
         last_error=r.last_error,
         delivered_at=r.delivered_at,
     )
+
+
+async def _emit_exception(c: AsyncConnection, event_type: str, row: sa.Row[Any], now: datetime) -> None:
+    """``exception.opened`` / ``exception.resolved``, in order per exception, for helpdesks and chat-ops."""
+    await emit_event(c, event_type, {"exception": codec.exception_to_dict(_exception(row))}, row.exception_id, now=now)
 
 
 def _exception(r: sa.Row[Any]) -> OperationalException:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
+
 from orchestrator.api import create_api_key
+from orchestrator.store import schema as t
 from tests.orchestrator.api.conftest import ApiFactory
 
 
@@ -57,6 +60,20 @@ async def test_the_queue_is_listed_and_worked_through(make_api: ApiFactory) -> N
     assert (body["status"], body["resolved_at"]) == ("open", None)
     status, body = await patch({"status": "resolved"}, worker)
     assert (await get(f"/exceptions/{risk.exception_id}"))[1]["status"] == "resolved"
+    # webhooks for helpdesks: opened, then each change between resolved and not (acks, snoozes, owners: none)
+    async with api.store.read() as c:
+        rows = await c.execute(
+            sa.select(t.webhook_outbox.c.event_type, t.webhook_outbox.c.payload)
+            .where(t.webhook_outbox.c.ordering_key == risk.exception_id)
+            .order_by(t.webhook_outbox.c.created_at)
+        )
+        sent = [(r.event_type, r.payload["exception"]["status"]) for r in rows]
+    assert sent == [
+        ("exception.opened", "open"),
+        ("exception.resolved", "resolved"),
+        ("exception.opened", "open"),
+        ("exception.resolved", "resolved"),
+    ]
     assert [e["kind"] for e in (await get("/exceptions?status=open"))[1]["items"]] == ["recording_incomplete"]
 
     # bad input changes nothing
