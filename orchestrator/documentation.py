@@ -36,6 +36,7 @@ class DocumentationConfig:
     interval_s: float = 30.0
     lookback: timedelta = timedelta(days=7)  # ended sessions this recent get a draft when they have none
     recording_wait: timedelta = timedelta(minutes=15)  # a recording still being built is awaited this long
+    settle: timedelta = timedelta(minutes=2)  # after the scheduled end: the room's last events reach the store
     complete_within: timedelta = timedelta(hours=24)  # then documentation_missing
 
 
@@ -129,7 +130,7 @@ def _questions(events: Sequence[EngagementEvent]) -> list[dict[str, Any]]:
     for poll, q in asked.items():
         chosen = answers.get(poll, {})
         counts = [sum(1 for c in chosen.values() if c == i) for i in range(len(q["options"]))]
-        right = counts[q["correct"]] if q["correct"] is not None and q["correct"] < len(counts) else 0
+        right = counts[q["correct"]] if q["correct"] is not None and 0 <= q["correct"] < len(counts) else 0
         out.append({**q, "answers": len(chosen), "choices": counts, "right": right})
     return out
 
@@ -148,8 +149,11 @@ class Documenter:
         now = now or datetime.now(UTC)
         written = 0
         for session_id in await self._store.ended_sessions_without_document(now - self.config.lookback):
-            written += await self.draft(session_id, now)
-        for doc in await self._store.documents_in_draft(now - self.config.complete_within):
+            try:
+                written += await self.draft(session_id, now)
+            except Exception:  # one session's failure must not keep the others undocumented
+                logger.exception("documentation of session=%s failed; retried next round", session_id)
+        for doc in await self._store.documents_in_draft(now - self.config.complete_within, unflagged=True):
             key = f"documentation_missing:{doc.session_id}"
             if await self._store.exception_by_key(key) is None:
                 await self._store.raise_exception(
@@ -163,6 +167,8 @@ class Documenter:
 
     async def draft(self, session_id: str, now: datetime) -> bool:
         session = await self._store.get_session(session_id)
+        if now < session.end + self.config.settle:
+            return False  # the room's last events (a final stretch of speech, the leaves) may still be on their way
         recording = await self._store.recording_of(session_id)
         building = recording is not None and recording.status in ("recording", "assembling")
         if building and now < session.end + self.config.recording_wait:

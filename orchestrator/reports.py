@@ -1,10 +1,10 @@
 """The week at a glance: the questions an operations lead asks every week, answered from the session data.
 
-For the sessions that ended in a window (a week by default): how many there were and the students'
-attendance rate; which had recording problems; which instructors have completed their session documents and
-which have not; which students attended fewer than half of their sessions; and each instructor's figures next
-to their peers', with the ones well below the median flagged (not as surveillance: as a pointer to who may need
-support or different assignments).
+For the sessions that ended in a window (a week by default) and took place (an instructor came; the others are
+only counted): how many there were and the students' attendance rate; which had recording problems; which
+instructors have completed their session documents and which have not; which students attended fewer than half
+of their sessions; and each instructor's figures next to their peers', with the ones well below the median
+flagged (not as surveillance: as a pointer to who may need support or different assignments).
 
 A student "attended" a session when present for at least half of the time it ran (``ATTENDED_FROM``, the same
 threshold as at-risk detection). An instructor is flagged when their students' attendance rate or participation
@@ -35,11 +35,13 @@ def _rate(part: int, whole: int) -> float | None:
 
 
 async def week_report(store: Store, start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
-    sessions = [
+    ended = [
         s for s in await store.sessions_between(start, end) if s.status is SessionStatus.ENDED and start <= s.end < end
     ]
+    summaries = await store.engagement_of(ended, now=now)
+    # a class no instructor came to did not take place: it is nobody's absence (as in at-risk detection)
+    sessions = [s for s in ended if any(r.role == "instructor" and r.first_joined_at for r in summaries[s.session_id])]
     ids = [s.session_id for s in sessions]
-    summaries = await store.engagement_of(sessions, now=now)
     recordings = await store.recordings_of(ids)
     documents = await store.documents_of(ids)
 
@@ -94,6 +96,7 @@ async def week_report(store: Store, start: datetime, end: datetime, now: datetim
         "start": _iso(start),
         "end": _iso(end),
         "sessions": len(sessions),
+        "sessions_not_held": len(ended) - len(sessions),
         "attendance_rate": _rate(present, booked),
         "recording_issues": sorted(recording_issues, key=lambda r: r["session_id"]),
         "documents": {

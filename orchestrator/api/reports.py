@@ -9,6 +9,7 @@ from aiohttp import web
 from orchestrator.api.handlers import ok
 from orchestrator.api.operations import Call, Operation, QueryParam
 from orchestrator.api.schemas import COMPONENTS, DATETIME, obj
+from orchestrator.errors import FieldError, InvalidInputError
 from orchestrator.reports import week_report
 
 
@@ -18,6 +19,10 @@ async def get_week_report(call: Call) -> web.Response:
     if start is None:  # this week, from Monday 00:00 UTC
         start = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
     days = call.query.get("days", 7)
+    if start.year > 9000:  # the window's end must still be a date
+        raise InvalidInputError(
+            "start is too far ahead", [FieldError("start", "must be before the year 9000")], status=400
+        )
     return ok(await week_report(call.store, start, start + timedelta(days=days), now))
 
 
@@ -29,7 +34,11 @@ COMPONENTS.update(
             {
                 "start": DATETIME,
                 "end": DATETIME,
-                "sessions": {**_COUNT, "description": "sessions that ended in the window"},
+                "sessions": {**_COUNT, "description": "sessions that ended in the window and took place"},
+                "sessions_not_held": {
+                    **_COUNT,
+                    "description": "ended in the window, but no instructor came: left out of every other figure",
+                },
                 "attendance_rate": {
                     **_RATE,
                     "description": "booked student places filled (present for half the time the class ran)",
@@ -86,6 +95,7 @@ COMPONENTS.update(
                 "start",
                 "end",
                 "sessions",
+                "sessions_not_held",
                 "attendance_rate",
                 "recording_issues",
                 "documents",

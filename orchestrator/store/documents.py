@@ -136,13 +136,18 @@ class DocumentsStore:
             )
             return list(rows.scalars())
 
-    async def documents_in_draft(self, created_before: datetime, *, limit: int = 500) -> list[SessionDocument]:
-        d = t.session_documents
-        async with self.read() as c:
-            rows = await c.execute(
-                sa.select(d)
-                .where(d.c.status == "draft", d.c.created_at < created_before)
-                .order_by(d.c.created_at)
-                .limit(limit)
+    async def documents_in_draft(
+        self, created_before: datetime, *, unflagged: bool = False, limit: int = 500
+    ) -> list[SessionDocument]:
+        """Drafts older than ``created_before``; with ``unflagged``, only those without a ``documentation_missing``
+        exception yet (open or not), so old drafts never crowd out new ones."""
+        d, e = t.session_documents, t.exceptions
+        cond = sa.and_(d.c.status == "draft", d.c.created_at < created_before)
+        if unflagged:
+            flagged = sa.select(e.c.exception_id).where(
+                e.c.dedup_key == sa.literal("documentation_missing:") + d.c.session_id
             )
+            cond = sa.and_(cond, ~flagged.exists())
+        async with self.read() as c:
+            rows = await c.execute(sa.select(d).where(cond).order_by(d.c.created_at).limit(limit))
             return [_document(r) for r in rows]

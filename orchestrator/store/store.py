@@ -1134,7 +1134,9 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
         emit ``exception.opened`` (a bump of an open one does not)."""
         now = _now()
         async with self.transaction() as c:
-            r = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.dedup_key == dedup_key))).first()
+            r = (
+                await c.execute(sa.select(t.exceptions).where(t.exceptions.c.dedup_key == dedup_key).with_for_update())
+            ).first()
             opened = r is None or r.status == ExceptionStatus.RESOLVED.value
             if r is None:
                 exc_id = ExceptionId(new_id("exc"))
@@ -1179,18 +1181,8 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
 
     async def resolve_exception_key(self, dedup_key: str) -> bool:
         """Resolve the open exception with ``dedup_key`` once its cause is gone; False when there is none open."""
-        now = _now()
         async with self.transaction() as c:
-            result = await c.execute(
-                t.exceptions.update()
-                .where(t.exceptions.c.dedup_key == dedup_key, t.exceptions.c.status != ExceptionStatus.RESOLVED.value)
-                .values(status=ExceptionStatus.RESOLVED.value, resolved_at=now, updated_at=now)
-            )
-            if not result.rowcount:
-                return False
-            row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.dedup_key == dedup_key))).one()
-            await _emit_exception(c, "exception.resolved", row, now)
-        return True
+            return bool(await _resolve_exceptions(c, t.exceptions.c.dedup_key == dedup_key, _now()))
 
     async def set_exception_status(
         self,
@@ -1210,16 +1202,21 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
             values["snoozed_until"] = snoozed_until
         else:
             values["snoozed_until"] = None
-        values["resolved_at"] = now if status is ExceptionStatus.RESOLVED else None
         async with self.transaction() as c:
             before = (
-                await c.execute(sa.select(t.exceptions.c.status).where(t.exceptions.c.exception_id == exception_id))
+                await c.execute(
+                    sa.select(t.exceptions.c.status)
+                    .where(t.exceptions.c.exception_id == exception_id)
+                    .with_for_update()
+                )
             ).scalar()
             if before is None:
                 raise NotFoundError("exception", exception_id)
+            was_resolved = before == ExceptionStatus.RESOLVED.value
+            if was_resolved != (status is ExceptionStatus.RESOLVED):  # resolved_at moves only with the status
+                values["resolved_at"] = None if was_resolved else now
             await c.execute(t.exceptions.update().where(t.exceptions.c.exception_id == exception_id).values(**values))
             row = (await c.execute(sa.select(t.exceptions).where(t.exceptions.c.exception_id == exception_id))).one()
-            was_resolved = before == ExceptionStatus.RESOLVED.value
             if was_resolved != (status is ExceptionStatus.RESOLVED):
                 await _emit_exception(c, "exception.opened" if was_resolved else "exception.resolved", row, now)
         return _exception(row)
@@ -2287,6 +2284,22 @@ def _delivery(r: sa.Row[Any]) -> WebhookDelivery:
     )
 
 
+async def _resolve_exceptions(c: AsyncConnection, cond: sa.ColumnElement[bool], now: datetime) -> int:
+    """Resolve the unresolved exceptions matching ``cond``, each with its ``exception.resolved``; how many."""
+    e = t.exceptions
+    unresolved = sa.and_(cond, e.c.status != ExceptionStatus.RESOLVED.value)
+    rows = (await c.execute(sa.select(e.c.exception_id).where(unresolved).with_for_update())).scalars().all()
+    for exception_id in rows:
+        await c.execute(
+            e.update()
+            .where(e.c.exception_id == exception_id)
+            .values(status=ExceptionStatus.RESOLVED.value, resolved_at=now, updated_at=now)
+        )
+        row = (await c.execute(sa.select(e).where(e.c.exception_id == exception_id))).one()
+        await _emit_exception(c, "exception.resolved", row, now)
+    return len(rows)
+
+
 async def _emit_exception(c: AsyncConnection, event_type: str, row: sa.Row[Any], now: datetime) -> None:
     """``exception.opened`` / ``exception.resolved``, in order per exception, for helpdesks and chat-ops."""
     await emit_event(c, event_type, {"exception": codec.exception_to_dict(_exception(row))}, row.exception_id, now=now)
@@ -2481,14 +2494,7 @@ async def _decide_substitution(
         )
     )
     if status is SubstitutionStatus.CONFIRMED and sub.exception_id is not None:
-        await c.execute(
-            t.exceptions.update()
-            .where(
-                t.exceptions.c.exception_id == sub.exception_id,
-                t.exceptions.c.status != ExceptionStatus.RESOLVED.value,
-            )
-            .values(status=ExceptionStatus.RESOLVED.value, resolved_at=now, updated_at=now)
-        )
+        await _resolve_exceptions(c, t.exceptions.c.exception_id == sub.exception_id, now)
 
 
 def _substitution(r: sa.Row[Any]) -> Substitution:

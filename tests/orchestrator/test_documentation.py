@@ -44,13 +44,15 @@ def test_the_draft_says_who_came_who_took_part_and_what_to_follow_up() -> None:
         ev("s1", "check_answer", 11, poll_id="q1", choice=0),
         ev("ins", "question", 20, poll_id="q2", question="Pace?", options=["slow", "ok", "fast"], check=False),
         ev("s1", "poll_answer", 21, poll_id="q2", choice=1),
+        ev("ins", "question", 30, poll_id="q3", question="odd", options=[], check=True, correct=-1),  # no crash
     ]
     people = summarise(s, attendance, events, now=at(120))
     failed = Recording("rec_1", "ses_1", "failed", 0.9, ((1.0, 2.0),), (), T0, T0)  # type: ignore[arg-type]
     draft = draft_for(s, people, events, failed)
     assert draft["attendance"] == {"students": 2, "present": ["s1"], "absent": ["s2"], "late": [], "rate": 0.5}
     assert draft["talk"] == {"total_s": 400.0, "instructor_share": 0.75}
-    check, poll = draft["questions"]
+    check, poll, odd = draft["questions"]
+    assert (odd["answers"], odd["right"], odd["choices"]) == (0, 0, [])
     assert (check["question"], check["check"], check["correct"], check["answers"], check["right"]) == (
         "2+2?",
         True,
@@ -86,6 +88,8 @@ async def test_the_documenter_drafts_once_waits_for_the_recording_and_flags_a_mi
     await store.upsert_recording(session_id, status="assembling")
     documenter = Documenter(store, DocumentationConfig(recording_wait=timedelta(hours=3)))
     now = datetime.now(UTC)
+    ended = (await store.get_session(session_id)).end
+    assert await documenter.run_once(ended + timedelta(minutes=1)) == 0  # the room's last events may be on the way
     assert await documenter.run_once(now) == 0  # the recording is still being built: wait for it
     await store.upsert_recording(session_id, status="ready", coverage=1.0, gaps=(), files=["x.mkv"])
     assert await documenter.run_once(now) == 1
@@ -102,4 +106,6 @@ async def test_the_documenter_drafts_once_waits_for_the_recording_and_flags_a_mi
     await documenter.run_once(later)
     missing = await store.exception_by_key(f"documentation_missing:{session_id}")
     assert missing is not None and missing.occurrences == 1 and missing.status is ExceptionStatus.OPEN
+    assert await store.documents_in_draft(later, unflagged=True) == []  # flagged drafts leave room for new ones
+    assert len(await store.documents_in_draft(later)) == 1
     assert missing.subject_refs == {"session_id": session_id, "instructor_id": "ins"}

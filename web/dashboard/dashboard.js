@@ -12,6 +12,7 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
   apiKey = keyInput.value.trim();
   sessionStorage.setItem("classmesh-api-key", apiKey);
   week = null;  // asked again with the new key
+  weekFetched = 0;
   refresh();
 });
 
@@ -131,13 +132,17 @@ async function openExceptions() {
   return { items };
 }
 
-let week = null;
+let week = null;  // {report} or {error}: the last answer, asked again once a minute
 let weekFetched = 0;
 
 async function thisWeek() {
-  if (week === null || Date.now() - weekFetched > 60_000) {
-    week = await api("/reports/week");
+  if (Date.now() - weekFetched > 60_000) {
     weekFetched = Date.now();
+    try {
+      week = { report: await api("/reports/week") };
+    } catch (error) {
+      week = { error };
+    }
   }
   return week;
 }
@@ -171,16 +176,20 @@ async function refresh() {
   try {
     const now = new Date();
     const until = new Date(now.getTime() + 24 * 3600 * 1000);
-    const [exceptions, weekReport, nodes, forecast, sessions] = await Promise.all([
+    // the week's report is a heavier query: its failure must not hide the queue or the nodes
+    const weekly = thisWeek().then((w) => {
+      if (w?.report) showWeek(w.report);
+      else document.getElementById("week-summary").textContent = w ? `not available: ${w.error.message}` : "loading…";
+    });
+    const [exceptions, nodes, forecast, sessions] = await Promise.all([
       openExceptions(),
-      thisWeek(),
       api("/nodes"),
       api("/forecast?hours=6"),
       api(`/sessions?limit=200&start_from=${encodeURIComponent(new Date(now.getTime() - 3600 * 1000).toISOString())}` +
         `&start_before=${encodeURIComponent(until.toISOString())}`),
     ]);
     fill("exceptions", exceptionRows(exceptions));
-    showWeek(weekReport);
+    await weekly;
     const hot = new Set(nodes.hot_nodes);
     fill("nodes", nodeRows(nodes, hot));
     document.getElementById("imbalance").textContent = Object.entries(nodes.imbalance)

@@ -56,6 +56,9 @@ async def test_the_queue_is_listed_and_worked_through(make_api: ApiFactory) -> N
     assert (body["status"], body["snoozed_until"]) == ("open", None)
     status, body = await patch({"status": "resolved", "owner": "gina"}, worker)
     assert status == 200 and body["status"] == "resolved" and body["resolved_at"] is not None
+    resolved_at = body["resolved_at"]
+    status, body = await patch({"owner": "ivy"}, worker)  # handing over a resolved one keeps when it was resolved
+    assert (body["status"], body["resolved_at"]) == ("resolved", resolved_at)
     status, body = await patch({"status": "open"}, worker)  # reopened by hand: no longer resolved
     assert (body["status"], body["resolved_at"]) == ("open", None)
     status, body = await patch({"status": "resolved"}, worker)
@@ -80,7 +83,7 @@ async def test_the_queue_is_listed_and_worked_through(make_api: ApiFactory) -> N
     for body in ({}, {"status": "gone"}, {"owner": ""}, {"owner": "x", "extra": 1}):
         status, problem = await patch(body, worker)
         assert status == 422, (body, problem)
-    assert (await get(f"/exceptions/{risk.exception_id}"))[1]["owner"] == "gina"
+    assert (await get(f"/exceptions/{risk.exception_id}"))[1]["owner"] == "ivy"
     assert (await get("/exceptions/exc_nope"))[0] == 404
     assert (await get("/exceptions?status=closed"))[0] == 400
     resp = await api.client.get("/v1/exceptions")

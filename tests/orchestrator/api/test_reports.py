@@ -60,6 +60,11 @@ async def a_week(store: Store) -> dict[str, list[str]]:
     draft = BookingDraft(subject_id="math", student_ids=("a",), instructor_id="i1", start=later, duration_minutes=60)  # type: ignore[arg-type]
     _, (next_week,) = await store.create_booking(draft, [Occurrence(0, later, later + timedelta(hours=1), "i1")])  # type: ignore[arg-type]
     await store.update_session(next_week.session_id, status=SessionStatus.ENDED)
+    # a class nobody taught (the instructor never came): counted apart, nobody's absence
+    untaught = MONDAY + timedelta(days=4, hours=9)
+    draft = BookingDraft(subject_id="math", student_ids=("b",), instructor_id="i2", start=untaught, duration_minutes=60)  # type: ignore[arg-type]
+    _, (not_held,) = await store.create_booking(draft, [Occurrence(0, untaught, untaught + timedelta(hours=1), "i2")])  # type: ignore[arg-type]
+    await store.update_session(not_held.session_id, status=SessionStatus.ENDED)
     await store.upsert_recording(out["i2"][0], status="failed", coverage=0.8, gaps=((1.0, 2.0),), files=[])
     await store.upsert_recording(out["i2"][1], status="ready", coverage=1.0, gaps=(), files=["x.mkv"])
     for sid in out["i3"]:
@@ -71,7 +76,7 @@ async def a_week(store: Store) -> dict[str, list[str]]:
 async def test_the_week_report(store: Store) -> None:
     ids = await a_week(store)
     report = await week_report(store, MONDAY, MONDAY + timedelta(days=7), now=MONDAY + timedelta(days=7))
-    assert report["sessions"] == 6
+    assert (report["sessions"], report["sessions_not_held"]) == (6, 1)
     assert report["attendance_rate"] == 0.6  # a 2/2, b 0/2, e 0/2, c 2/2, d 2/2: 6 of 10 places
     assert report["recording_issues"] == [
         {
@@ -107,7 +112,7 @@ async def test_the_week_report_endpoint(make_api: ApiFactory) -> None:
     resp = await api.client.get("/v1/reports/week", headers=api.auth())  # this week: nothing ended in it here
     body = await resp.json()
     assert resp.status == 200 and datetime.fromisoformat(body["start"]).weekday() == 0
-    for bad in ({"start": "last week"}, {"days": "0"}, {"days": "32"}):
+    for bad in ({"start": "last week"}, {"days": "0"}, {"days": "32"}, {"start": "9999-12-30T00:00:00Z"}):
         resp = await api.client.get("/v1/reports/week", params=bad, headers=api.auth())
         assert resp.status == 400, bad
     _, narrow = await create_api_key(api.store, "ops", ["ops:read"])

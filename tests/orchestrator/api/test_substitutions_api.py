@@ -16,6 +16,7 @@ from orchestrator.store import Store
 from orchestrator.store.models import ExceptionStatus
 from tests.orchestrator.api.conftest import ApiFactory
 from tests.orchestrator.api.scheduling_helpers import WEEKDAYS, Org, make_org
+from tests.orchestrator.test_provisioning import events as webhook_events
 
 MONDAY = "2031-07-07T10:00:00Z"  # 12:00 in Berlin
 
@@ -236,6 +237,8 @@ async def test_nobody_feasible_raises_an_exception_and_lists_the_nearest_alterna
     assert status == 200 and done["status"] == "confirmed", done
     resolved = {e.exception_id: e for e in (await org.store.list_exceptions()).items}[sub["exception_id"]]
     assert resolved.status is ExceptionStatus.RESOLVED
+    sent = [e["exception"]["status"] for e in await webhook_events(org.store, "exception.resolved")]
+    assert sent == ["resolved"]  # the helpdesk hears of it too
 
 
 async def test_decline_closes_the_proposal_and_bad_requests_change_nothing(org: Org) -> None:
