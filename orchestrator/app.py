@@ -34,6 +34,7 @@ from orchestrator.errors import FieldError, InvalidInputError, InvalidStateError
 from orchestrator.forecast import forecast
 from orchestrator.join_revocations import JoinLinkRevocations
 from orchestrator.leader import LeaderElector
+from orchestrator.no_show import NoShowWatch
 from orchestrator.notifications import NotificationConfig, Notifier
 from orchestrator.placement import (
     LeastLoadedNodeSelector,
@@ -192,7 +193,7 @@ class OrchestratorService(Service):
 
     async def _leader_work(self, token: int) -> None:
         """What only the leader does: provisioning, recording jobs, moving rooms off draining nodes, rollouts,
-        notifications, at-risk detection and session documents."""
+        notifications, at-risk detection, session documents and instructor no-shows."""
         assert self._recordings is not None and self._store is not None
         await asyncio.gather(
             self.provisioner.run(token),
@@ -203,6 +204,7 @@ class OrchestratorService(Service):
             AtRiskWatch(self._store).run(),
             Documenter(self._store).run(),
             every(30.0, self._wake_snoozed, "snooze"),
+            NoShowWatch(self._store).run(),
         )
 
     async def _wake_snoozed(self) -> None:

@@ -82,6 +82,7 @@ function summary(e) {
   if (e.kind === "student_at_risk") return (e.details.reasons || []).map((r) => r.rule.replaceAll("_", " ")).join(", ");
   if (e.kind === "recording_incomplete") return `${(e.details.gaps || []).length} gap(s)`;
   if (e.kind === "documentation_missing") return "session document not completed";
+  if (e.kind === "instructor_no_show") return `${(e.details.students_waiting || []).length} student(s) waiting`;
   return e.details.message || e.details.cause || e.details.reason || "";
 }
 
