@@ -8,9 +8,11 @@ SQLite database, the dev token keys and recordings. Prints every URL once all se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from classmesh.cli import default_database_url
@@ -21,6 +23,17 @@ from core.service import ServiceHost, run_hosts
 from core.tokens import TokenIssuer, TokenVerifier, load_or_create_dev_keys
 from orchestrator.api.keys import create_api_key
 from orchestrator.app import OrchestratorService
+from orchestrator.errors import AlreadyExistsError
+from orchestrator.store.models import (
+    BookingDraft,
+    Instructor,
+    Occurrence,
+    Session,
+    SessionStatus,
+    Student,
+    Subject,
+    WeeklyWindow,
+)
 
 DEMO_ROOM = "demo"
 
@@ -103,6 +116,49 @@ async def dev_api_key(orchestrator: OrchestratorService, data_dir: Path) -> str:
     return secret
 
 
+DEMO_INSTRUCTOR = "demo-instructor"
+DEMO_STUDENTS = ("demo-student-1", "demo-student-2")
+DEMO_MINUTES = 30
+
+
+async def demo_class(orchestrator: OrchestratorService) -> tuple[Session, list[tuple[str, str]]]:
+    """A booked class to try what needs one (engagement, polls, the session document, the week's report): the
+    one running or coming up, or a new one from the next 5-minute mark. Its join links, instructor first."""
+    store = orchestrator.store
+    with contextlib.suppress(AlreadyExistsError):
+        await store.create_subject(Subject("demo-subject", "Demo subject"))
+    everyday = tuple(WeeklyWindow(day, "00:00", "24:00") for day in range(7))
+    with contextlib.suppress(AlreadyExistsError):
+        await store.create_instructor(
+            Instructor(
+                DEMO_INSTRUCTOR, "Demo Instructor", "instructor@example.org", "UTC", {"demo-subject": 5}, everyday
+            )  # type: ignore[arg-type]
+        )
+    for n, student in enumerate(DEMO_STUDENTS, 1):
+        with contextlib.suppress(AlreadyExistsError):
+            await store.create_student(Student(student, f"Demo Student {n}", "UTC", levels={"demo-subject": 1}))  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    upcoming = await store.list_sessions(instructor_id=DEMO_INSTRUCTOR, start_from=now - timedelta(hours=1))
+    session = next(
+        (s for s in upcoming.items if s.end > now and s.status not in (SessionStatus.CANCELLED, SessionStatus.ENDED)),
+        None,
+    )
+    if session is None:
+        start = (now + timedelta(minutes=5 - now.minute % 5)).replace(second=0, microsecond=0)
+        draft = BookingDraft(
+            subject_id="demo-subject",  # type: ignore[arg-type]
+            student_ids=DEMO_STUDENTS,  # type: ignore[arg-type]
+            instructor_id=DEMO_INSTRUCTOR,  # type: ignore[arg-type]
+            start=start,
+            duration_minutes=DEMO_MINUTES,
+            curriculum_unit="demo-unit-1",
+        )
+        end = start + timedelta(minutes=DEMO_MINUTES)
+        _, (session,) = await store.create_booking(draft, [Occurrence(0, start, end, DEMO_INSTRUCTOR)])  # type: ignore[arg-type]
+    links = [(DEMO_INSTRUCTOR, "instructor"), *((s, "student") for s in DEMO_STUDENTS)]
+    return session, [(pid, (await orchestrator._mint_join_link(session, pid, role))[0]) for pid, role in links]
+
+
 async def run_dev(args: argparse.Namespace, version: str) -> int:
     regions = load_regions(args.regions_file)
     if args.regions:
@@ -123,7 +179,9 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
     issuer, signaling_url, first_region = stack.issuer, stack.signaling_url, stack.first_region
 
     async def announce(started: Sequence[ServiceHost]) -> None:
-        api_key = await dev_api_key(started[0].service, data_dir)  # type: ignore[arg-type]
+        orchestrator: OrchestratorService = started[0].service  # type: ignore[assignment]
+        api_key = await dev_api_key(orchestrator, data_dir)
+        booked, booked_links = await demo_class(orchestrator)
         link = issuer.mint(
             room=DEMO_ROOM, identity="demo-instructor", name="Demo Instructor", role="instructor", region=first_region
         )
@@ -134,6 +192,11 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
             "",
             f"  classroom (demo room, instructor):  {signaling_url}/room/{DEMO_ROOM}?token={link}",
             "  more join links:                    classmesh join-link --room demo --name Alice --role student",
+            f"  a booked demo class, {booked.start:%H:%M}-{booked.end:%H:%M} UTC (engagement, polls, its document, "
+            "the week's report):",
+            *(f"    {pid + ':':<34}{url}" for pid, url in booked_links),
+            "    (its reminders go out as notification.due webhooks: subscribe a receiver at /v1/webhooks, or they are",
+            "    retried and then fail into the exception queue)",
             f"  ops dashboard:                      {started[0].url}/dashboard",
             f"  API docs:                           {started[0].url}/v1/docs",
             f"  admin API key (dev only):           {api_key}   (also in {data_dir}/dev-api-key)",

@@ -507,6 +507,8 @@ class OrchestratorService(Service):
                 self._start_draining(info)
 
     def _start_draining(self, info: NodeInfo) -> None:
+        if not self.ready:
+            return  # this orchestrator is stopping: the next leader moves the rooms (in dev, everything stops)
         task = self._moving.get(info.node_id)
         if task is None or task.done():
             self._moving[info.node_id] = asyncio.create_task(self.drain_node(info), name=f"drain:{info.node_id}")

@@ -157,13 +157,29 @@ def test_dev_starts_everything_prints_urls_and_stops_cleanly(tmp_path: Path) -> 
                 break
             time.sleep(0.2)
         assert media_nodes(body) == 2, body
+        # a booked demo class with a link per person, in the booking API
+        demo = re.findall(r"^ {4}(demo-[a-z0-9-]+): +(http://\S+/room/(ses_\w+)\?token=\S+)$", out, re.MULTILINE)
+        assert [d[0] for d in demo] == ["demo-instructor", "demo-student-1", "demo-student-2"], out
+        status, body = get(f"http://127.0.0.1:{base}/v1/sessions?instructor_id=demo-instructor", key)
+        assert status == 200 and [s["session_id"] for s in json.loads(body)["items"]] == [demo[0][2]]
     finally:
         code, took, stderr = stop(proc)
     assert code == 0, stderr[-3000:]
     assert took < 10
     assert ready_in < 20
-    for sign in BAD_SIGNS:
+    for sign in (*BAD_SIGNS, "level=error"):
         assert sign not in stderr, f"{sign!r} in stderr:\n{stderr[-3000:]}"
+
+    # started again on the same data: the same demo class, not a second booking
+    proc, base = start_dev(tmp_path)
+    try:
+        again = read_until_ready(proc)
+        assert demo[0][2] in again
+        status, body = get(f"http://127.0.0.1:{base}/v1/sessions?instructor_id=demo-instructor", key)
+        assert len(json.loads(body)["items"]) == 1
+    finally:
+        code, _, stderr = stop(proc)
+    assert code == 0, stderr[-3000:]
 
 
 def test_dev_refuses_unknown_regions(tmp_path: Path) -> None:
