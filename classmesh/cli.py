@@ -227,9 +227,10 @@ def _notification_options(parser: argparse.ArgumentParser) -> None:
         parser,
         "--notify-channel",
         default="webhook",
-        choices=["webhook", "smtp"],
+        choices=["webhook", "smtp", "log"],
         help="how reminders, change notices, post-session messages and absence alerts go out: webhook (a "
-        "notification.due event; your booking system sends them) or smtp (classmesh emails them)",
+        "notification.due event; your booking system sends them), smtp (classmesh emails them) or log (written to "
+        "the log with their join links: for development)",
     )
     add_option(
         parser,

@@ -24,6 +24,7 @@ from core.tokens import TokenIssuer, TokenVerifier, load_or_create_dev_keys
 from orchestrator.api.keys import create_api_key
 from orchestrator.app import OrchestratorService
 from orchestrator.errors import AlreadyExistsError
+from orchestrator.notifications import NotificationConfig
 from orchestrator.store.models import (
     BookingDraft,
     Instructor,
@@ -71,6 +72,7 @@ def build_stack(
             database_url=default_database_url(data_dir),
             signaling_url=signaling_url,
             recordings=data_dir / "recordings",
+            notifications=NotificationConfig(channel="log"),  # nothing would receive notification.due webhooks
         )
     ]
     first_region = next(iter(regions)).name
@@ -195,8 +197,7 @@ async def run_dev(args: argparse.Namespace, version: str) -> int:
             f"  a booked demo class, {booked.start:%H:%M}-{booked.end:%H:%M} UTC (engagement, polls, its document, "
             "the week's report):",
             *(f"    {pid + ':':<34}{url}" for pid, url in booked_links),
-            "    (its reminders go out as notification.due webhooks: subscribe a receiver at /v1/webhooks, or they are",
-            "    retried and then fail into the exception queue)",
+            "    (its reminders and alerts are written to this log: classmesh dev's notification channel)",
             f"  ops dashboard:                      {started[0].url}/dashboard",
             f"  API docs:                           {started[0].url}/v1/docs",
             f"  admin API key (dev only):           {api_key}   (also in {data_dir}/dev-api-key)",

@@ -60,8 +60,8 @@ from orchestrator.store.notifications import (
 
 logger = logging.getLogger(__name__)
 
-CHANNELS: Final = ("webhook", "smtp")
-RESEND_SAFE: Final = {"webhook": True, "smtp": False}
+CHANNELS: Final = ("webhook", "smtp", "log")
+RESEND_SAFE: Final = {"webhook": True, "smtp": False, "log": True}
 """Whether a notification whose claimer vanished mid-send may be sent again through that channel."""
 
 _LINK_CHANGES = frozenset({"rescheduled", "instructor_changed", "assigned", "added", "restored"})
@@ -412,11 +412,32 @@ class SmtpChannel:
             client.close()
 
 
+class LogChannel:
+    """Writes each notification to the log, join link included: for ``classmesh dev``, where nothing would
+    receive a webhook. Not for production (join links are personal)."""
+
+    name = "log"
+    needs_address = False
+
+    async def send(self, out: Outgoing) -> None:
+        link = out.join_link.url if out.join_link is not None else "-"
+        logger.info(
+            "notification=%s kind=%s to=%s subject=%r join_link=%s",
+            out.notification.notification_id,
+            out.notification.kind,
+            out.recipient.participant_id,
+            out.subject,
+            link,
+        )
+
+
 def build_channel(
     config: NotificationConfig, notifications: NotificationStore, on_events: Callable[[], None]
 ) -> Channel:
     if config.channel == "smtp":
         return SmtpChannel(config.smtp)
+    if config.channel == "log":
+        return LogChannel()
     return WebhookChannel(notifications, on_events=on_events)
 
 

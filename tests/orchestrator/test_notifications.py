@@ -7,6 +7,7 @@ whole orchestrator and lets its leader loop send on the wall clock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -517,6 +518,26 @@ async def test_webhook_channel_without_a_subscriber_retries_then_fails(sqlite_st
     reminders = [n for n in await rows(store, session.session_id) if n.kind is NotificationKind.REMINDER]
     assert {n.status for n in reminders} == {NotificationStatus.FAILED}
     assert all("no active webhook subscription" in (n.last_error or "") for n in reminders)
+
+
+async def test_log_channel_writes_each_reminder_with_its_join_link_once(
+    sqlite_store: Store, mint_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = sqlite_store
+    session = await seed(store)
+    config = NotificationConfig(channel="log", reminder_offsets=(timedelta(hours=1),))
+    notifier = Notifier(store, config, mint_join_link=mint_for(store))
+    await notifier.plan(session.session_id, now=T0 - timedelta(days=1))
+    with caplog.at_level(logging.INFO, logger="orchestrator.notifications"):
+        await notifier.run_once(T0 - timedelta(hours=1))
+        await notifier.run_once(T0 - timedelta(minutes=50))
+    reminders = [n for n in await rows(store, session.session_id) if n.kind is NotificationKind.REMINDER]
+    assert reminders and {n.status for n in reminders} == {NotificationStatus.SENT}
+    logged = [
+        r.getMessage() for r in caplog.records if "kind=reminder" in r.getMessage() and "join_link=" in r.getMessage()
+    ]
+    assert len(logged) == len(reminders)  # once each
+    assert all("join_link=http" in line for line in logged), logged
 
 
 # ---------------------------------------------------------------------------------------------- cascades
