@@ -31,7 +31,8 @@ from typing import Any
 from orchestrator.metrics import AT_RISK_FLAGS
 from orchestrator.rounds import every
 from orchestrator.store import Store
-from orchestrator.store.engagement import ParticipantEngagement
+from orchestrator.store.codec import iso
+from orchestrator.store.engagement import ParticipantEngagement, took_place
 from orchestrator.store.models import ExceptionStatus, Session, SessionStatus
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ class AtRiskRules:
     consecutive_absences: int = 2
     comprehension_gaps: int = 3
     decline: float = 0.5  # flag when the newer half's participation is below this share of the older half's
-    interval_s: float = 60.0
-    lookback: timedelta = timedelta(hours=6)  # sessions that ended this long ago are still (re)assessed
+    interval_s: float = 300.0
+    # a student is assessed in every round within this long of a session's end (about 12 times): new evidence
+    # is read within five minutes, and a leader away for less than the look-back misses nothing
+    lookback: timedelta = timedelta(hours=1)
 
 
 def participation(e: ParticipantEngagement) -> float:
@@ -110,9 +113,7 @@ class AtRiskWatch:
             return False
         summaries = await self._store.engagement_of(sessions, now=now)
         # a class no instructor came to did not happen for the student either: it is not their absence
-        sessions = [
-            s for s in sessions if any(r.role == "instructor" and r.first_joined_at for r in summaries[s.session_id])
-        ]
+        sessions = [s for s in sessions if took_place(summaries[s.session_id])]
         if not sessions:
             return False
         history = [_row(summaries[s.session_id], student_id) for s in sessions]
@@ -151,7 +152,7 @@ def _row(rows: list[ParticipantEngagement], student_id: str) -> ParticipantEngag
 def _brief(s: Session, e: ParticipantEngagement) -> dict[str, Any]:
     return {
         "session_id": s.session_id,
-        "start": s.start.isoformat().replace("+00:00", "Z"),
+        "start": iso(s.start),
         "attendance_fraction": e.attendance_fraction,
         "participation": round(participation(e), 2),
     }

@@ -23,6 +23,7 @@ from typing import Any
 from orchestrator.metrics import DOCUMENTS_DRAFTED
 from orchestrator.rounds import every
 from orchestrator.store import Store
+from orchestrator.store.codec import iso
 from orchestrator.store.engagement import EngagementEvent, ParticipantEngagement
 from orchestrator.store.models import Recording, Session
 
@@ -38,10 +39,6 @@ class DocumentationConfig:
     recording_wait: timedelta = timedelta(minutes=15)  # a recording still being built is awaited this long
     settle: timedelta = timedelta(minutes=2)  # after the scheduled end: the room's last events reach the store
     complete_within: timedelta = timedelta(hours=24)  # then documentation_missing
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 def draft_for(
@@ -72,8 +69,8 @@ def draft_for(
         "session_id": session.session_id,
         "subject_id": session.subject_id,
         "instructor_id": session.instructor_id,
-        "start": _iso(session.start),
-        "end": _iso(session.end),
+        "start": iso(session.start),
+        "end": iso(session.end),
         "curriculum_unit": session.curriculum_unit,
         "attendance": {
             "students": len(students),
@@ -122,7 +119,7 @@ def _questions(events: Sequence[EngagementEvent]) -> list[dict[str, Any]]:
                 "options": options,
                 "check": bool(d.get("check")),
                 "correct": d.get("correct") if isinstance(d.get("correct"), int) else None,
-                "asked_at": _iso(e.at),
+                "asked_at": iso(e.at),
             }
         elif e.kind in ("poll_answer", "check_answer") and isinstance(d.get("choice"), int):
             answers.setdefault(poll, {})[e.participant_id] = d["choice"]
@@ -161,7 +158,7 @@ class Documenter:
                     "documentation_missing",
                     "low",
                     subject_refs={"session_id": doc.session_id, "instructor_id": doc.draft.get("instructor_id")},
-                    details={"drafted_at": _iso(doc.created_at)},
+                    details={"drafted_at": iso(doc.created_at)},
                 )
         return written
 

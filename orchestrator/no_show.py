@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from orchestrator.rounds import every
 from orchestrator.store import Store
+from orchestrator.store.codec import iso
 from orchestrator.store.models import ExceptionStatus, SessionStatus
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class NoShowWatch:
                 KIND,
                 "high",
                 subject_refs={"session_id": s.session_id, "instructor_id": s.instructor_id},
-                details={"start": s.start.isoformat().replace("+00:00", "Z"), "students_waiting": students},
+                details={"start": iso(s.start), "students_waiting": students},
             )
             logger.warning("instructor no-show session=%s instructor=%s", s.session_id, s.instructor_id)
         return waiting

@@ -135,7 +135,7 @@ class PresenceConsumer:
         self._on_events()
 
     async def _engagement(self, session: Session, event: PresenceEvent, at: datetime) -> None:
-        found = engagement_of(event)
+        found = engagement_row(event)
         if found is None:
             return
         kind, value, details = found
@@ -145,7 +145,7 @@ class PresenceConsumer:
             ENGAGEMENT_EVENTS.labels(kind).inc()
 
 
-def engagement_of(event: PresenceEvent) -> tuple[str, float, dict[str, object]] | None:
+def engagement_row(event: PresenceEvent) -> tuple[str, float, dict[str, object]] | None:
     """(kind, value, details) of an engagement event, or None when the event is not one."""
     details = event.details
     if event.event == "speaking_stopped":

@@ -20,14 +20,12 @@ from typing import Any
 
 from orchestrator.at_risk import participation
 from orchestrator.store import Store
+from orchestrator.store.codec import iso
+from orchestrator.store.engagement import took_place
 from orchestrator.store.models import SessionStatus
 
 ATTENDED_FROM = 0.5
 MIN_SESSIONS = 2
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _rate(part: int, whole: int) -> float | None:
@@ -40,7 +38,7 @@ async def week_report(store: Store, start: datetime, end: datetime, now: datetim
     ]
     summaries = await store.engagement_of(ended, now=now)
     # a class no instructor came to did not take place: it is nobody's absence (as in at-risk detection)
-    sessions = [s for s in ended if any(r.role == "instructor" and r.first_joined_at for r in summaries[s.session_id])]
+    sessions = [s for s in ended if took_place(summaries[s.session_id])]
     ids = [s.session_id for s in sessions]
     recordings = await store.recordings_of(ids)
     documents = await store.documents_of(ids)
@@ -93,8 +91,8 @@ async def week_report(store: Store, start: datetime, end: datetime, now: datetim
         if r.status == "failed"
     ]
     return {
-        "start": _iso(start),
-        "end": _iso(end),
+        "start": iso(start),
+        "end": iso(end),
         "sessions": len(sessions),
         "sessions_not_held": len(ended) - len(sessions),
         "attendance_rate": _rate(present, booked),

@@ -192,8 +192,8 @@ ENGAGEMENT_OPERATIONS: tuple[Operation, ...] = (
         "sessions:read",
         get_document,
         "SessionDocument",
-        description="404 until the session has ended and its draft is written (within a minute, or once its "
-        "recording is built).",
+        description="404 until the session has ended and its draft is written (about two minutes after its "
+        "scheduled end; up to 15 minutes later while its recording is being built).",
     ),
     Operation(
         "PUT",

@@ -10,18 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.errors import NotFoundError
 from orchestrator.store import schema as t
 from orchestrator.store.models import SessionStatus
 from orchestrator.store.outbox import emit_event
+
+MAX_SESSION = timedelta(days=1)  # bookings last 12 hours at most (the API): bounds scans on the indexed start
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +64,8 @@ class DocumentsStore:
         """Write a session's draft unless it has one; emits ``session.documented``. True when written now."""
         now = datetime.now(UTC)
         async with self.transaction() as c:
-            insert = pg_insert if c.dialect.name == "postgresql" else sqlite_insert
-            done = await c.execute(
-                insert(t.session_documents)
-                .values(session_id=session_id, status="draft", draft=draft, created_at=now, updated_at=now)
-                .on_conflict_do_nothing()
-            )
-            if not done.rowcount:
+            values = {"session_id": session_id, "status": "draft", "draft": draft, "created_at": now, "updated_at": now}
+            if not await t.insert_if_absent(c, t.session_documents, values):
                 return False
             await emit_event(
                 c,
@@ -130,7 +125,12 @@ class DocumentsStore:
             rows = await c.execute(
                 sa.select(s.c.session_id)
                 .outerjoin(d, d.c.session_id == s.c.session_id)
-                .where(s.c.status == SessionStatus.ENDED.value, s.c.ends_at >= since, d.c.session_id.is_(None))
+                .where(
+                    s.c.status == SessionStatus.ENDED.value,
+                    s.c.starts_at >= since - MAX_SESSION,  # on the starts_at index: this runs every half minute
+                    s.c.ends_at >= since,
+                    d.c.session_id.is_(None),
+                )
                 .order_by(s.c.ends_at, s.c.session_id)
                 .limit(limit)
             )

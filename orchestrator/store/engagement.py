@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.store import schema as t
@@ -133,6 +131,11 @@ def summarise(
     return out
 
 
+def took_place(people: Iterable[ParticipantEngagement]) -> bool:
+    """An instructor came: a class nobody taught is nobody's absence (at-risk detection, the weekly report)."""
+    return any(p.role == "instructor" and p.first_joined_at is not None for p in people)
+
+
 def _union_seconds(intervals: list[tuple[datetime, datetime]]) -> float:
     total, reach = 0.0, None
     for lo, hi in sorted(intervals):
@@ -168,9 +171,7 @@ class EngagementStore:
             "details": event.details or {},
         }
         async with self.transaction() as c:
-            insert = pg_insert if c.dialect.name == "postgresql" else sqlite_insert
-            done = await c.execute(insert(t.engagement_events).values(**values).on_conflict_do_nothing())
-            return bool(done.rowcount)
+            return await t.insert_if_absent(c, t.engagement_events, values)
 
     async def engagement_events(self, session_ids: Sequence[str]) -> dict[str, list[EngagementEvent]]:
         out: dict[str, list[EngagementEvent]] = {sid: [] for sid in session_ids}

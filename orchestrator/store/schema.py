@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -519,3 +522,11 @@ session_documents = sa.Table(
     _ts("updated_at"),
     sa.Index("ix_session_documents_status_created", "status", "created_at"),
 )
+
+
+async def insert_if_absent(c: AsyncConnection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """Insert a row unless one with its key exists (``ON CONFLICT DO NOTHING`` on both backends); True when it
+    was inserted. For writes that a redelivery or a second replica may repeat."""
+    insert = pg_insert if c.dialect.name == "postgresql" else sqlite_insert
+    done = await c.execute(insert(table).values(**values).on_conflict_do_nothing())
+    return bool(done.rowcount)

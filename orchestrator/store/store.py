@@ -39,7 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.store import codec
 from orchestrator.store import schema as t
-from orchestrator.store.documents import DocumentsStore
+from orchestrator.store.documents import MAX_SESSION, DocumentsStore
 from orchestrator.store.engagement import EngagementStore
 from orchestrator.store.migrate import upgrade_to_head
 from orchestrator.store.models import (
@@ -700,6 +700,7 @@ class Store(RecordingsStore, EngagementStore, DocumentsStore):
                 .join(t.sessions, t.sessions.c.session_id == t.session_students.c.session_id)
                 .where(
                     t.sessions.c.status == SessionStatus.ENDED.value,
+                    t.sessions.c.starts_at >= since - MAX_SESSION,  # on the starts_at index: runs every minute
                     t.sessions.c.ends_at >= since,
                     t.sessions.c.ends_at < until,
                 )
