@@ -217,7 +217,7 @@ class Connection:
             require(grant, SOURCE_PERMISSION[msg.source], f"mute {msg.source}")
             payload = {"op": "mute", "participant_id": pid, "source": msg.source, "muted": msg.muted}
             await relay.call(node, payload)
-        elif isinstance(msg, Chat | Hand | Reaction | Poll | Answer):
+        elif isinstance(msg, DATA_TYPES_CLASSES):
             if isinstance(msg, Poll):
                 require(grant, Permission.MODERATE, "ask the room a question")
             else:

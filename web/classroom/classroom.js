@@ -523,7 +523,7 @@ class Classroom {
     tally.className = "tally";
     li.append(title, choices, tally);
     this.appendMessage(li);
-    this.renderTally(li.dataset.poll, options);
+    this.renderTally(li);
   }
 
   async answer(li, check, choice) {
@@ -548,13 +548,14 @@ class Classroom {
     }
     poll.answers.set(msg.from?.participant_id, Number(msg.body?.choice));
     const li = document.querySelector(`#messages li.question[data-poll="${CSS.escape(pollId)}"]`);
-    if (li) this.renderTally(pollId, [...li.querySelectorAll("button")].map((b) => b.textContent));
+    if (li) this.renderTally(li);
   }
 
-  renderTally(pollId, options) {
-    const poll = this.asked.get(pollId);
-    const li = document.querySelector(`#messages li.question[data-poll="${CSS.escape(pollId)}"]`);
-    if (!poll || !li) return;
+  /** For whoever asks: how many answered, and how many chose each option. */
+  renderTally(li) {
+    const poll = this.asked.get(li.dataset.poll);
+    if (!poll) return;
+    const options = [...li.querySelectorAll("button")].map((b) => b.textContent);
     const counts = options.map((_, i) => [...poll.answers.values()].filter((c) => c === i).length);
     const parts = options.map((text, i) => `${text}: ${counts[i]}${poll.correct === i ? " (right)" : ""}`);
     li.querySelector(".tally").textContent = `${poll.answers.size} answer(s) · ${parts.join(" · ")}`;
